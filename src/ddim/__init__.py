@@ -1,0 +1,45 @@
+"""ddim: DDPM training and DDIM sampling, faithful to the papers, tested against exact answers.
+
+The public API fits on one screen; see README.md.
+"""
+
+__version__ = "0.1.0"
+
+from ddim.data import load_all, open_dataset, to_model_range, to_uint8
+from ddim.errors import DdimError
+from ddim.loss import q_sample, simple_loss, training_timesteps
+from ddim.oracle import GaussianOracle
+from ddim.samplers import (
+    encode,
+    generators_from_seeds,
+    interpolate,
+    randn,
+    reconstruct,
+    sample,
+    sample_ddpm,
+    slerp,
+)
+from ddim.schedule import alpha_bars, make_betas, timesteps
+
+__all__ = [
+    "DdimError",
+    "GaussianOracle",
+    "alpha_bars",
+    "encode",
+    "generators_from_seeds",
+    "interpolate",
+    "load_all",
+    "make_betas",
+    "open_dataset",
+    "q_sample",
+    "randn",
+    "reconstruct",
+    "sample",
+    "sample_ddpm",
+    "simple_loss",
+    "slerp",
+    "timesteps",
+    "to_model_range",
+    "to_uint8",
+    "training_timesteps",
+]

@@ -1,0 +1,58 @@
+"""Command-line entry point `ddim`: one sub-command per module in this package.
+
+Each module `ddim/cli/<name>.py` defines `HELP` (one line), `EXAMPLE` (a copy-paste command line),
+`add_arguments(parser)` and `run(args) -> int | None`. Modules are discovered, so adding a command
+is adding a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ddim.errors import DdimError
+
+
+def _command_modules():
+    """Import every sub-command module of this package, sorted by name."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return {name: importlib.import_module(f"{__name__}.{name}") for name in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ddim` parser with every discovered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="ddim",
+        description="Train DDPMs and sample them with DDIM (Song, Meng & Ermon, ICLR 2021).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _command_modules().items():
+        sub = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=f"example:\n  {module.EXAMPLE}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one sub-command; user errors print one line and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 1
+    try:
+        return args._run(args) or 0
+    except DdimError as error:
+        print(f"ddim {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddim {args.command}: interrupted", file=sys.stderr)
+        return 130

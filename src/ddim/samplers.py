@@ -1,0 +1,327 @@
+"""DDIM and DDPM samplers, DDIM encoding, and latent interpolation, as free functions.
+
+Notation (DDIM paper, Song, Meng & Ermon 2021; its α_t is DDPM's ᾱ_t):
+
+    code            paper
+    alpha_bar_t     α_τi      ᾱ at the step's start
+    alpha_bar_next  α_τi−1    ᾱ at the step's end (1 for "t = −1", clean data)
+    eps             ε_θ(x_τi, τi)
+    x0_pred         "predicted x_0", eq. 12, first term
+    sigma           σ_τi(η), eq. 16
+    eta             η: 0 = deterministic DDIM, 1 = DDPM-equivalent
+
+Every sampler is one walk over adjacent pairs of one explicit timestep array (−1, τ_1, …, τ_S):
+a *plan* lists, for each step, both endpoints and the σ's; `walk` applies the one update of eq. 12
+to each pair. Sampling walks the pairs downward; encoding walks the same pairs upward with the
+endpoints swapped and σ = 0 (eqs. 13/14). No step re-derives its neighbour by arithmetic.
+
+The plan is computed once in float64 on the host and holds Python floats, so the loop makes no
+host-device copies and no host syncs; intermediates stay on the device.
+
+Randomness comes only from the `generator` argument: a `torch.Generator`, or a list of them, one per
+image (see `generators_from_seeds`), which makes image k the same at any batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddim.errors import DdimError
+from ddim.schedule import alpha_bar_at, alpha_bars, timesteps
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a walk: from timestep `t_from` to `t_to`, the network evaluated at `t_model`."""
+
+    t_from: int
+    t_to: int
+    t_model: int
+    alpha_bar_from: float
+    alpha_bar_to: float
+    sigma: float = 0.0  # σ in the direction term √(1 − ᾱ_to − σ²)·ε of eq. 12
+    noise_sigma: float = (
+        0.0  # standard deviation of the fresh noise added (= sigma, except DDPM "large")
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a walk yields after each step: the new x and the x_0 predicted on the way."""
+
+    index: int
+    t: int
+    t_next: int
+    x: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+# --- the update --------------------------------------------------------------------------------
+
+
+def ddim_sigma(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:
+    """σ_τi(η) = η · √((1 − α_τi−1)/(1 − α_τi)) · √(1 − α_τi/α_τi−1)  (DDIM eq. 16)."""
+    return eta * math.sqrt(
+        (1 - alpha_bar_next) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_next)
+    )
+
+
+def generalized_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    step: PlanStep,
+    noise: torch.Tensor | None = None,
+    *,
+    clip_x0: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of DDIM eq. 12 from ᾱ_from to ᾱ_to; returns (x_to, x0_pred).
+
+    With ᾱ_to > ᾱ_from (encoding, σ = 0) the same formula is the Euler step of eq. 14 run upward.
+    `clip_x0` clamps x0_pred to [−1, 1] and re-derives ε from it, which turns eq. 12 at η = 1 into
+    the DDPM posterior mean with a clipped x_0 (the official `ddpm_noisy` path).
+    """
+    a_from, a_to = step.alpha_bar_from, step.alpha_bar_to
+    eps = eps.to(x_t.dtype)
+    # "predicted x_0" (eq. 12, first term; eq. 9)
+    x0_pred = (x_t - math.sqrt(1 - a_from) * eps) / math.sqrt(a_from)
+    if clip_x0:
+        x0_pred = x0_pred.clamp(-1, 1)
+        eps = (x_t - math.sqrt(a_from) * x0_pred) / math.sqrt(1 - a_from)
+    # "direction pointing to x_t" (eq. 12, second term); σ > √(1 − ᾱ_to) only when η > 1
+    direction = math.sqrt(max(1 - a_to - step.sigma**2, 0.0))
+    x_to = math.sqrt(a_to) * x0_pred + direction * eps
+    # "random noise" (eq. 12, third term)
+    if noise is not None and step.noise_sigma > 0:
+        x_to = x_to + step.noise_sigma * noise
+    return x_to, x0_pred
+
+
+# --- plans: which pairs to walk, with which σ --------------------------------------------------
+
+
+def _pairs(betas: torch.Tensor, seq: Sequence[int]) -> list[tuple[int, int, float, float]]:
+    """(τ_i, τ_i−1, α_τi, α_τi−1) for i = S..1, top first, with τ_0 = −1 (clean data)."""
+    alpha_bar = alpha_bars(betas.detach().cpu())
+    full = [-1, *seq]
+    return [
+        (
+            full[i],
+            full[i - 1],
+            alpha_bar_at(alpha_bar, full[i]),
+            alpha_bar_at(alpha_bar, full[i - 1]),
+        )
+        for i in range(len(full) - 1, 0, -1)
+    ]
+
+
+def ddim_plan(betas: torch.Tensor, seq: Sequence[int], eta: float = 0.0) -> list[PlanStep]:
+    """Steps of the generalized sampler (eq. 12) over τ = `seq`, with σ_τi(η) from eq. 16."""
+    if not eta >= 0:
+        raise DdimError(f"eta must be >= 0, got {eta}")
+    steps = []
+    for t, s, a_t, a_s in _pairs(betas, seq):
+        sigma = ddim_sigma(a_t, a_s, eta)
+        steps.append(PlanStep(t, s, t, a_t, a_s, sigma=sigma, noise_sigma=sigma))
+    return steps
+
+
+def ddpm_plan(betas: torch.Tensor, seq: Sequence[int], variance: str = "small") -> list[PlanStep]:
+    """Steps of DDPM ancestral sampling over τ: posterior mean, variance β̃ ("small") or β ("large").
+
+    On a sub-sequence the step's β is 1 − α_τi/α_τi−1. "small" is σ_τi(η = 1) of eq. 16, the
+    posterior variance β̃; "large" is the paper's σ̂_τi = √(1 − α_τi/α_τi−1). The final step adds
+    no noise (the official code masks it at t = 0).
+    """
+    if variance not in ("small", "large"):
+        raise DdimError(f"variance must be 'small' or 'large', got {variance!r}")
+    steps = []
+    for t, s, a_t, a_s in _pairs(betas, seq):
+        sigma = ddim_sigma(a_t, a_s, 1.0)
+        large = math.sqrt(1 - a_t / a_s) if s >= 0 else 0.0
+        noise_sigma = sigma if variance == "small" else large
+        steps.append(PlanStep(t, s, t, a_t, a_s, sigma=sigma, noise_sigma=noise_sigma))
+    return steps
+
+
+def encode_plan(betas: torch.Tensor, seq: Sequence[int]) -> list[PlanStep]:
+    """The deterministic sampler's pairs walked upward, endpoints swapped (DDIM eqs. 13/14).
+
+    The network sees the current point x_τi−1 with the label of the pair's upper end τ_i, as it
+    does in the downward walk: the network is not defined at t = −1, and the labels match the
+    sampler's, so encoding and decoding each make S calls at the same timesteps.
+    """
+    return [
+        PlanStep(s, t, t, a_s, a_t, sigma=0.0, noise_sigma=0.0)
+        for t, s, a_t, a_s in reversed(_pairs(betas, seq))
+    ]
+
+
+# --- randomness --------------------------------------------------------------------------------
+
+
+def generators_from_seeds(seeds: Sequence[int], device: torch.device | str = "cpu") -> list:
+    """One `torch.Generator` per image, so image k depends on seeds[k] alone."""
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+
+def randn(
+    shape: Sequence[int], generator: Generator, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Standard normal noise drawn from one generator, or per image from a list of generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise DdimError(f"got {len(generator)} per-image generators for a batch of {shape[0]}")
+    return torch.stack(
+        [torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator]
+    )
+
+
+# --- the walk ----------------------------------------------------------------------------------
+
+
+def walk(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    plan: Sequence[PlanStep],
+    *,
+    generator: Generator = None,
+    clip_x0: bool = False,
+) -> Iterator[Step]:
+    """Apply eq. 12 along `plan`, yielding each step's x and x0_pred (on the device, not copied)."""
+    for index, step in enumerate(plan):
+        t = torch.full((x.shape[0],), step.t_model, device=x.device, dtype=torch.long)
+        eps = eps_model(x, t)
+        noise = None
+        if step.noise_sigma > 0:
+            noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
+        x, x0_pred = generalized_step(x, eps, step, noise, clip_x0=clip_x0)
+        yield Step(index, step.t_from, step.t_to, x, x0_pred)
+
+
+def _run(steps: Iterator[Step], x: torch.Tensor, callback: Callable[[Step], None] | None):
+    """Drain a walk, calling `callback` on each step; return the final x."""
+    for step in steps:
+        x = step.x
+        if callback is not None:
+            callback(step)
+    return x
+
+
+# --- public samplers ---------------------------------------------------------------------------
+
+
+def sample(
+    eps_model: EpsModel,
+    x_T: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int],
+    skip: str = "uniform",
+    eta: float = 0.0,
+    generator: Generator = None,
+    clip_x0: bool = False,
+    callback: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """Generalized DDIM sampling (eq. 12, σ from eq. 16) from x_T down to x_0 over τ.
+
+    `steps` is S or an explicit timestep list; `skip` is "uniform", "quad" or "trailing" (see
+    `ddim.timesteps`). η = 0 is deterministic DDIM, η = 1 matches DDPM's posterior. x_0 clipping is
+    off by default (clipping makes DDIM non-invertible). The network is called len(τ) times.
+    """
+    seq = timesteps(len(betas), steps, skip)
+    plan = ddim_plan(betas, seq, eta)
+    return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
+
+
+def sample_ddpm(
+    eps_model: EpsModel,
+    x_T: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int] | None = None,
+    skip: str = "uniform",
+    variance: str = "small",
+    generator: Generator = None,
+    clip_x0: bool = True,
+    callback: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) over τ (all T steps by default).
+
+    variance "small" is the posterior β̃, "large" is β (the DDIM paper's σ̂). x_0 is clipped to
+    [−1, 1] by default, as in the official `ddpm_noisy` path.
+    """
+    seq = timesteps(len(betas), len(betas) if steps is None else steps, skip)
+    plan = ddpm_plan(betas, seq, variance)
+    return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
+
+
+def encode(
+    eps_model: EpsModel,
+    x_0: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int],
+    skip: str = "uniform",
+    callback: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """Encode x_0 → x_T by running the deterministic DDIM ODE upward (eqs. 13/14)."""
+    plan = encode_plan(betas, timesteps(len(betas), steps, skip))
+    return _run(walk(eps_model, x_0, plan), x_0, callback)
+
+
+def reconstruct(
+    eps_model: EpsModel,
+    x_0: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int],
+    skip: str = "uniform",
+) -> torch.Tensor:
+    """sample ∘ encode with η = 0 (the paper's Table 2): S calls up, S calls down."""
+    x_T = encode(eps_model, x_0, betas, steps=steps, skip=skip)
+    return sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0)
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of latents per image (DDIM App. D.5):
+    sin((1−α)θ)/sin θ · z0 + sin(αθ)/sin θ · z1, θ = arccos(⟨z0, z1⟩ / (‖z0‖‖z1‖)).
+    """
+    a, b = z0.flatten(1).double(), z1.flatten(1).double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1)).view(-1, *([1] * (z0.dim() - 1)))
+    alpha = torch.as_tensor(alpha, dtype=torch.float64, device=z0.device)
+    sin = torch.sin(theta)
+    near = sin.abs() < 1e-6  # parallel latents: fall back to linear interpolation
+    w0 = torch.where(near, 1 - alpha, torch.sin((1 - alpha) * theta) / torch.where(near, 1, sin))
+    w1 = torch.where(near, alpha, torch.sin(alpha * theta) / torch.where(near, 1, sin))
+    return (w0 * z0.double() + w1 * z1.double()).to(z0.dtype)
+
+
+def interpolate(
+    eps_model: EpsModel,
+    x0_a: torch.Tensor,
+    x0_b: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int],
+    skip: str = "uniform",
+    num: int = 8,
+) -> torch.Tensor:
+    """Interpolate two images through their DDIM encodings: encode, slerp, decode.
+
+    `x0_a` and `x0_b` are single images (C, H, W) in [−1, 1]; returns (num, C, H, W), the first
+    and last being the reconstructions of `x0_a` and `x0_b`.
+    """
+    z = encode(eps_model, torch.stack([x0_a, x0_b]), betas, steps=steps, skip=skip)
+    alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z.device)
+    alphas = alphas.view(-1, *([1] * (z.dim() - 1)))
+    z_path = slerp(z[:1].expand(num, *z.shape[1:]), z[1:].expand(num, *z.shape[1:]), alphas)
+    return sample(eps_model, z_path, betas, steps=steps, skip=skip, eta=0.0)

@@ -1,0 +1,127 @@
+"""Noise schedules β_t, their products ᾱ_t, and the timestep sub-sequences τ that samplers walk.
+
+Conventions (those of the official DDIM code, ermongroup/ddim):
+- timesteps are integer indices t ∈ [0, T); ᾱ_t = ∏_{s≤t} (1 − β_s), so ᾱ_0 = 1 − β_0;
+- "t = −1" stands for clean data, with ᾱ_{−1} = 1. Samplers walk the sequence (−1, τ_1, …, τ_S),
+  so the last step (τ_1 → −1) needs no special case.
+
+All tables are float64 on the CPU; samplers turn the few values they need into Python floats once.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from ddim.errors import DdimError
+
+BetaSchedule = Literal["linear", "quad", "const", "jsd", "sigmoid", "cosine"]
+Skip = Literal["uniform", "quad", "trailing"]
+BETA_SCHEDULES: tuple[str, ...] = ("linear", "quad", "const", "jsd", "sigmoid", "cosine")
+SKIP_KINDS: tuple[str, ...] = ("uniform", "quad", "trailing")
+
+
+def make_betas(
+    kind: str = "linear",
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> torch.Tensor:
+    """β_1..β_T as a float64 tensor: the official DDIM code's five schedules plus `cosine`.
+
+    linear  — linspace(β_start, β_end, T) (DDPM, Ho et al. 2020, Sec. 4);
+    quad    — linspace(√β_start, √β_end, T)²;
+    const   — β_end everywhere;
+    jsd     — 1/T, 1/(T−1), …, 1 (Sohl-Dickstein et al. 2015);
+    sigmoid — sigmoid(linspace(−6, 6, T)) · (β_end − β_start) + β_start;
+    cosine  — Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008,
+              β_t = min(1 − ᾱ(t+1)/ᾱ(t), 0.999); β_start and β_end are not used.
+    """
+    if not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise DdimError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
+    if kind != "cosine" and not 0 < beta_start <= beta_end < 1:
+        raise DdimError(f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
+    T = num_timesteps
+    f64 = torch.float64
+    if kind == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=f64)
+    if kind == "quad":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=f64) ** 2
+    if kind == "const":
+        return torch.full((T,), beta_end, dtype=f64)
+    if kind == "jsd":
+        return 1.0 / torch.linspace(T, 1, T, dtype=f64)
+    if kind == "sigmoid":
+        return (
+            torch.sigmoid(torch.linspace(-6, 6, T, dtype=f64)) * (beta_end - beta_start)
+            + beta_start
+        )
+    if kind == "cosine":
+        return _cosine_betas(T)
+    raise DdimError(f"unknown beta schedule {kind!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+
+
+def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule, eq. 17, with β clipped at `max_beta`."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def alpha_bars(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏_{s≤t} (1 − β_s) for t = 0..T−1 (DDIM paper's α_t, DDPM's ᾱ_t), in float64."""
+    return torch.cumprod(1 - betas.to(torch.float64), dim=0)
+
+
+def alpha_bar_at(alpha_bar: torch.Tensor, t: int) -> float:
+    """ᾱ_t as a Python float, with the convention ᾱ_{−1} = 1 (clean data)."""
+    return 1.0 if t < 0 else float(alpha_bar[t])
+
+
+def timesteps(num_timesteps: int, steps: int | Sequence[int], skip: str = "uniform") -> list[int]:
+    """The ascending sub-sequence τ of [0, T) that a sampler walks (DDIM paper, Sec. 4.2, App. D).
+
+    `steps` is S, the number of steps, or an explicit increasing list of timesteps (then `skip`
+    is ignored).
+    - uniform:  ⌊i·T/S⌋ for i = 0..S−1. When S divides T this is the official range(0, T, T // S);
+                otherwise the official code runs more than S steps (range(0, 1000, 1000 // 30) has
+                31 entries), while this gives exactly S.
+    - quad:     ⌊linspace(0, √(0.8·T), S)²⌋, the official code's; used for CIFAR-10 (App. D.2).
+                For S ≳ 50 it repeats small timesteps (S = 100 gives 96 distinct values). A
+                repeated pair is an identity step, so repeats are dropped: the images are the
+                same, with fewer network calls; `len(result)` is the number of calls made.
+    - trailing: ⌊(i+1)·T/S⌋ − 1 for i = 0..S−1, ending at T − 1 (Lin et al. 2024).
+    """
+    T = num_timesteps
+    if not isinstance(steps, int):
+        return _check_explicit(T, list(steps))
+    if isinstance(steps, bool) or steps < 1 or steps > T:
+        raise DdimError(f"steps must be between 1 and T = {T}, got {steps}")
+    if skip == "uniform":
+        return [i * T // steps for i in range(steps)]
+    if skip == "trailing":
+        return [(i + 1) * T // steps - 1 for i in range(steps)]
+    if skip == "quad":
+        grid = torch.linspace(0, math.sqrt(0.8 * T), steps, dtype=torch.float64) ** 2
+        return sorted({int(v) for v in grid.tolist()})
+    raise DdimError(f"unknown skip kind {skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+
+
+def _check_explicit(T: int, seq: list[int]) -> list[int]:
+    """Validate an explicit timestep list: non-empty integers, strictly increasing, in [0, T)."""
+    if not seq:
+        raise DdimError("the explicit timestep list is empty")
+    try:
+        seq = [operator.index(value) for value in seq]
+    except TypeError:
+        raise DdimError(f"timesteps must be integers, got {seq!r}") from None
+    if seq[0] < 0 or seq[-1] >= T:
+        raise DdimError(f"timesteps must lie in [0, {T}), got {seq[0]}..{seq[-1]}")
+    for a, b in zip(seq, seq[1:]):
+        if b <= a:
+            raise DdimError(f"timesteps must be strictly increasing, got {a} then {b}")
+    return seq

@@ -1,0 +1,450 @@
+"""Tests for ddim.data: each source kind on tiny synthetic files, conversions, batches, real zip."""
+
+import io
+import itertools
+import os
+import pickle
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddim import data
+from ddim.data import (
+    epoch_order,
+    fit_image,
+    infinite_batches,
+    load_all,
+    open_dataset,
+    read_cifar_batch,
+    to_model_range,
+    to_uint8,
+)
+from ddim.errors import DdimError
+
+REAL_ZIP = Path("/work/shared/data/cifar10-jpeg.zip")
+
+
+def random_images(n, size=8, seed=0):
+    """n random uint8 RGB images (n, size, size, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def png_bytes(array, fmt="PNG"):
+    """Encode an HWC/HW uint8 array as an image file in memory."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def chw(array):
+    """HWC numpy array as a CHW torch tensor."""
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def write_cifar_folder(root, per_batch=3, protocol=2):
+    """A fake cifar-10-batches-py folder; returns {split: images (N, 32, 32, 3)}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    images = {"train": [], "test": []}
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        batch = random_images(per_batch, 32, seed=k)
+        flat = batch.transpose(0, 3, 1, 2).reshape(per_batch, 3072)
+        content = {b"batch_label": name.encode(), b"labels": [k % 10] * per_batch,
+                   b"data": flat, b"filenames": [b"x.png"] * per_batch}
+        with open(folder / name, "wb") as f:
+            pickle.dump(content, f, protocol=protocol)
+        images["test" if name == "test_batch" else "train"].append(batch)
+    return {split: np.concatenate(arrays) for split, arrays in images.items()}
+
+
+def python2_batch_pickle(flat):
+    """The bytes Python 2's cPickle writes for {'data': ndarray, 'labels': [...]} (protocol 2)."""
+    def string(text):  # a Python 2 str, which Python 3 reads back as latin-1 text
+        raw = text if isinstance(text, bytes) else text.encode("latin1")
+        return (b"U" + bytes([len(raw)]) + raw) if len(raw) < 256 else (
+            b"T" + struct.pack("<I", len(raw)) + raw)
+
+    n = flat.shape[0]
+    dtype = (b"cnumpy\ndtype\n" + string("u1") + b"K\x00K\x01\x87R"
+             + b"(K\x03" + string("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + string("b")
+             + b"\x87R" + b"(K\x01K" + bytes([n]) + b"M\x00\x0c\x86" + dtype + b"\x89"
+             + string(flat.tobytes()) + b"tb")
+    labels = b"](" + b"K\x01" * n + b"e"
+    return (b"\x80\x02}(" + string("data") + array + string("labels") + labels + b"u.")
+
+
+# --- uint8 <-> [-1, 1] ------------------------------------------------------------------------
+
+
+def test_model_range_round_trip_all_256_values():
+    values = torch.arange(256, dtype=torch.uint8)
+    x = to_model_range(values)
+    assert x.dtype == torch.float32
+    assert x[0] == -1 and x[255] == 1 and x[51] == pytest.approx(51 / 127.5 - 1)
+    assert torch.equal(to_uint8(x), values)
+
+
+def test_to_uint8_clips_and_rounds():
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.999, 1.0, 7.0])
+    expected = torch.tensor([0, 0, 128, 255, 255, 255], dtype=torch.uint8)  # 127.5 rounds to even
+    assert torch.equal(to_uint8(x), expected)
+
+
+def test_to_model_range_rejects_floats():
+    with pytest.raises(TypeError):
+        to_model_range(torch.zeros(3))
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+
+def test_png_folder_round_trips_exactly_in_sorted_order(tmp_path):
+    images = random_images(5)
+    names = ["b/2.png", "a/1.png", "c.bmp", "a/0.png", "b/1.PNG"]
+    for name, image in zip(names, images, strict=True):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        fmt = "BMP" if name.endswith("bmp") else "PNG"
+        Image.fromarray(image).save(tmp_path / name, format=fmt)
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = open_dataset(tmp_path)
+    assert (len(ds), ds.resolution, ds.channels) == (5, 8, 3)
+    order = sorted(range(5), key=lambda k: names[k])
+    for i, k in enumerate(order):
+        assert ds[i].dtype == torch.uint8
+        assert torch.equal(ds[i], chw(images[k]))
+        assert ds.item_name(i) == str(tmp_path / names[k])
+    assert len(open_dataset(tmp_path, subdir="b")) == 2
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path):
+    gray = random_images(1)[0, :, :, 0]
+    rgba = np.random.default_rng(1).integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "0.png")
+    Image.fromarray(rgba).save(tmp_path / "1.png")
+    with pytest.warns(UserWarning, match="converting L images to RGB"):
+        ds = open_dataset(tmp_path)  # decodes the first image
+    assert torch.equal(ds[0], torch.from_numpy(gray)[None].expand(3, 8, 8))
+    with pytest.warns(UserWarning, match="RGBA images to RGB"):
+        assert torch.equal(ds[1], chw(rgba[:, :, :3]))
+
+
+def test_mixed_sizes_name_the_file_and_suggest_resolution(tmp_path):
+    Image.fromarray(random_images(1, 8)[0]).save(tmp_path / "a.png")
+    Image.fromarray(random_images(1, 6)[0]).save(tmp_path / "b.png")
+    ds = open_dataset(tmp_path)
+    with pytest.raises(DdimError, match=r"b\.png is 6x6 .*a\.png is 8x8.*resolution"):
+        ds[1]
+    with pytest.raises(DdimError, match=r"b\.png") as info:
+        load_all(ds, progress=False)
+    assert "\n" not in str(info.value)
+    assert open_dataset(tmp_path, resolution=4).resolution == 4
+    assert load_all(open_dataset(tmp_path, resolution=4), progress=False).shape == (2, 3, 4, 4)
+
+
+def test_non_square_needs_resolution_then_center_crops(tmp_path):
+    wide = np.random.default_rng(2).integers(0, 256, (4, 7, 3), dtype=np.uint8)  # H=4, W=7
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    with pytest.raises(DdimError, match=r"wide\.png is 7x4, not square.*resolution"):
+        open_dataset(tmp_path)
+    ds = open_dataset(tmp_path, resolution=4)
+    assert torch.equal(ds[0], chw(wide[:, 1:5]))  # left = (7 - 4) // 2 = 1, no resize needed
+    assert open_dataset(tmp_path, resolution=4, crop="stretch")[0].shape == (3, 4, 4)
+
+
+def test_fit_image_resizes_bicubic_and_keeps_constants():
+    image = Image.fromarray(np.full((10, 16, 3), 77, dtype=np.uint8))
+    fitted = fit_image(image, 5)
+    assert fitted.size == (5, 5) and (np.asarray(fitted) == 77).all()
+    noise = Image.fromarray(random_images(1, 16)[0])
+    expected = noise.resize((4, 4), Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(fit_image(noise, 4)), np.asarray(expected))
+
+
+def test_corrupt_image_raises_naming_it_or_is_skipped(tmp_path):
+    for k, image in enumerate(random_images(3)):
+        Image.fromarray(image).save(tmp_path / f"{k}.png")
+    (tmp_path / "1b.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    ds = open_dataset(tmp_path)
+    assert len(ds) == 4
+    with pytest.raises(DdimError, match=r"cannot read image .*1b\.png"):
+        ds[2]
+    with pytest.raises(DdimError, match=r"1b\.png"):
+        load_all(ds, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable .*1b\.png"):
+        skipping = open_dataset(tmp_path, on_error="skip", progress=False)
+    assert (len(skipping), skipping.skipped) == (3, 1)
+    assert load_all(skipping, progress=False).shape == (3, 3, 8, 8)
+
+
+def test_missing_empty_and_unknown_paths(tmp_path):
+    with pytest.raises(DdimError, match="not found"):
+        open_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DdimError, match="no images"):
+        open_dataset(tmp_path / "empty")
+    with pytest.raises(DdimError, match="no folder 'train'"):
+        open_dataset(tmp_path / "empty", subdir="train")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DdimError, match=r"x\.txt is not a folder"):
+        open_dataset(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize("kwargs", [dict(resolution=0), dict(crop="random"), dict(on_error="x")])
+def test_bad_options(tmp_path, kwargs):
+    with pytest.raises(DdimError):
+        open_dataset(tmp_path, **kwargs)
+
+
+# --- zips -------------------------------------------------------------------------------------
+
+
+def write_zip(path, images):
+    """A zip with train/<class>/k.png and test/k.png, plus a macOS resource fork to ignore."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for k, image in enumerate(images):
+            folder = f"train/c{k % 2}" if k < 4 else "test"
+            archive.writestr(f"{folder}/{k}.png", png_bytes(image))
+        archive.writestr("__MACOSX/train/._0.png", b"junk")
+        archive.writestr("train/readme.txt", b"text")
+
+
+def test_zip_subfolder_round_trips_and_pickles(tmp_path):
+    images = random_images(6)
+    write_zip(tmp_path / "d.zip", images)
+    ds = open_dataset(tmp_path / "d.zip", subdir="train")
+    assert len(ds) == 4 and len(open_dataset(tmp_path / "d.zip")) == 6
+    assert [ds.item_name(i).split(" in ")[0] for i in range(4)] == [
+        "train/c0/0.png", "train/c0/2.png", "train/c1/1.png", "train/c1/3.png"]
+    assert torch.equal(ds[1], chw(images[2]))
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[3], chw(images[3]))
+    with pytest.raises(DdimError, match="no folder 'val'"):
+        open_dataset(tmp_path / "d.zip", subdir="val")
+
+
+def test_zip_parallel_load_equals_serial(tmp_path):
+    images = random_images(300, 4)
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as archive:
+        for k, image in enumerate(images):
+            archive.writestr(f"{k:04d}.png", png_bytes(image))
+    ds = open_dataset(tmp_path / "many.zip")
+    serial = load_all(ds, progress=False)
+    assert torch.equal(serial, torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.equal(load_all(ds, workers=2, progress=False), serial)
+
+
+def test_corrupt_zip_member_names_member_and_zip(tmp_path):
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:
+        archive.writestr("a.png", png_bytes(random_images(1)[0]))
+        archive.writestr("b.png", b"garbage")
+    ds = open_dataset(tmp_path / "d.zip")
+    with pytest.raises(DdimError, match=r"b\.png in .*d\.zip"):
+        ds[1]
+
+
+def test_not_a_zip(tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"definitely not a zip")
+    with pytest.raises(DdimError, match=r"fake\.zip is not a readable zip"):
+        open_dataset(tmp_path / "fake.zip")
+
+
+# --- npz and CIFAR-10 batches -----------------------------------------------------------------
+
+
+def test_npz_round_trip_keys_and_checks(tmp_path):
+    images = random_images(4)
+    np.savez(tmp_path / "s.npz", images)
+    ds = open_dataset(tmp_path / "s.npz")
+    assert (len(ds), ds.resolution) == (4, 8)
+    assert torch.equal(load_all(ds, progress=False), torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert ds.item_name(2).endswith("s.npz[2]")
+    np.savez(tmp_path / "k.npz", samples=images[:, :, :, 0])
+    with pytest.warns(UserWarning, match="to RGB"):
+        gray = open_dataset(tmp_path / "k.npz")
+    assert torch.equal(gray[1], torch.from_numpy(images[1, :, :, 0])[None].expand(3, 8, 8))
+    np.savez(tmp_path / "f.npz", images.astype(np.float32))
+    with pytest.raises(DdimError, match="must be uint8"):
+        open_dataset(tmp_path / "f.npz")
+    with pytest.raises(DdimError, match="no array 'x'"):
+        open_dataset(tmp_path / "s.npz", subdir="x")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL])
+def test_cifar_folder_splits_round_trip(tmp_path, protocol):
+    expected = write_cifar_folder(tmp_path, protocol=protocol)
+    train = open_dataset(tmp_path / "cifar-10-batches-py", subdir="train")
+    assert (len(train), train.resolution, train.kind) == (15, 32, "cifar")
+    assert torch.equal(load_all(train, progress=False),
+                       torch.from_numpy(expected["train"]).permute(0, 3, 1, 2))
+    assert train.item_name(4).endswith("data_batch_2[1]")
+    test = open_dataset(tmp_path, subdir="test")  # the parent folder works too
+    assert torch.equal(test[2], chw(expected["test"][2]))
+    assert len(open_dataset(tmp_path)) == 18
+    assert open_dataset(tmp_path, subdir="test", resolution=16)[0].shape == (3, 16, 16)
+
+
+def test_cifar_python2_pickle_format(tmp_path):
+    flat = random_images(3, 32).transpose(0, 3, 1, 2).reshape(3, 3072)
+    (tmp_path / "test_batch").write_bytes(python2_batch_pickle(flat))
+    images = read_cifar_batch(tmp_path / "test_batch")
+    assert np.array_equal(images.transpose(0, 3, 1, 2).reshape(3, 3072), flat)
+
+
+class Hostile:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_cifar_pickle_is_refused(tmp_path):
+    write_cifar_folder(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Hostile(marker)}, f)
+    with pytest.raises(DdimError, match=r"test_batch.*refusing to load global"):
+        open_dataset(tmp_path, subdir="test")
+    assert not marker.exists()
+    assert len(open_dataset(tmp_path, subdir="train")) == 15
+
+
+def test_cifar_batch_without_uint8_data_is_rejected(tmp_path):
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.float32)}, f)
+    with pytest.raises(DdimError, match="not a CIFAR-10 batch"):
+        open_dataset(tmp_path, subdir="test")
+
+
+# --- decode cache -----------------------------------------------------------------------------
+
+
+def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    images = random_images(3)
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{k}.png")
+    cache = tmp_path / "cache"
+    first = load_all(open_dataset(folder), cache_dir=cache, progress=False)
+    assert len(list(cache.glob("imgs-*.safetensors"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "_decode_all", no_decoding)
+        assert torch.equal(load_all(open_dataset(folder), cache_dir=cache), first)
+    Image.fromarray(images[0][::-1].copy()).save(folder / "1.png")  # content, size or mtime change
+    os.utime(folder / "1.png", ns=(1, 1))
+    again = load_all(open_dataset(folder), cache_dir=cache, progress=False)
+    assert torch.equal(again[1], chw(images[0][::-1].copy()))
+    assert len(list(cache.glob("imgs-*.safetensors"))) == 2
+
+
+# --- training batches -------------------------------------------------------------------------
+
+
+def tagged_images(n):
+    """n images (n, 3, 2, 2) whose left column holds their index and right column 255."""
+    images = torch.full((n, 3, 2, 2), 255, dtype=torch.uint8)
+    images[:, :, :, 0] = torch.arange(n, dtype=torch.uint8)[:, None, None]
+    return images
+
+
+def identify(batch):
+    """(index, flipped) of each image of a [-1, 1] batch of `tagged_images`."""
+    pixels = to_uint8(batch)[:, 0, 0]
+    flipped = pixels[:, 0] == 255
+    return torch.where(flipped, pixels[:, 1], pixels[:, 0]).tolist(), flipped.tolist()
+
+
+def take(n, images, batch_size, **kwargs):
+    """The first n batches of infinite_batches."""
+    return list(itertools.islice(infinite_batches(images, batch_size, **kwargs), n))
+
+
+def test_batches_are_float_epochs_are_permutations():
+    images = tagged_images(12)
+    batches = take(6, images, 4, seed=3, random_flip=False)
+    assert batches[0].dtype == torch.float32 and batches[0].shape == (4, 3, 2, 2)
+    ids = [i for b in batches for i in identify(b)[0]]
+    assert sorted(ids[:12]) == list(range(12)) and sorted(ids[12:]) == list(range(12))
+    assert ids[:12] != ids[12:]
+    assert ids[:12] == epoch_order(12, 3, 0)[0].tolist()
+
+
+def test_batches_reproducible_and_seed_dependent():
+    images = tagged_images(10)
+    a, b = take(8, images, 3, seed=1), take(8, images, 3, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    c = take(8, images, 3, seed=2)
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_resume_at_step_equals_iterating():
+    images = tagged_images(10)
+    full = take(12, images, 3, seed=5)
+    resumed = take(7, images, 3, seed=5, start_step=5)
+    assert all(torch.equal(x, y) for x, y in zip(full[5:], resumed, strict=True))
+
+
+def test_rank_shards_concatenate_to_the_global_batch():
+    images = tagged_images(10)  # global batch 6 does not divide 10: shards cross epoch ends
+    single = take(9, images, 6, seed=7)
+    shards = [take(9, images, 3, seed=7, rank=r, world_size=2) for r in range(2)]
+    for step in range(9):
+        assert torch.equal(torch.cat([shards[0][step], shards[1][step]]), single[step])
+    resumed = take(2, images, 3, seed=7, rank=1, world_size=2, start_step=4)
+    assert torch.equal(resumed[0], shards[1][4])
+
+
+def test_flips_are_mirror_images_and_reproducible():
+    images = tagged_images(20)
+    batches = take(10, images, 4, seed=9)
+    flips = [f for b in batches for f in identify(b)[1]]
+    assert 5 < sum(flips) < 35
+    for batch in batches:
+        ids, flipped = identify(batch)
+        for image, i, f in zip(batch, ids, flipped, strict=True):
+            original = to_model_range(images[i])
+            assert torch.equal(image, original.flip(-1) if f else original)
+    again = take(10, images, 4, seed=9)
+    assert all(torch.equal(x, y) for x, y in zip(batches, again, strict=True))
+
+
+def test_bad_batch_arguments():
+    images = tagged_images(4)
+    for kwargs in [dict(rank=2, world_size=2), dict(start_step=-1), dict(world_size=0)]:
+        with pytest.raises(DdimError):
+            next(infinite_batches(images, 2, seed=0, **kwargs))
+    with pytest.raises(DdimError, match="batch_size"):
+        next(infinite_batches(images, 0, seed=0))
+    with pytest.raises(DdimError, match="uint8"):
+        next(infinite_batches(images.float(), 2, seed=0))
+
+
+# --- the real CIFAR-10 JPEG zip ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(not REAL_ZIP.is_file(), reason="cifar10-jpeg.zip not present")
+def test_real_cifar10_jpeg_zip_test_split():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # real CIFAR JPEGs are RGB: no conversion warnings
+        ds = open_dataset(REAL_ZIP, subdir="test")
+        assert (len(ds), ds.resolution, ds.channels) == (10_000, 32, 3)
+        for i in (0, 4_321, 9_999):
+            image = ds[i]
+            assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+            assert image.float().std() > 1  # a real picture, not a constant
+    assert ds.item_name(0) == f"test/airplane/0000.jpg in {REAL_ZIP}"
+    assert ds.item_name(9_999).startswith("test/truck/")

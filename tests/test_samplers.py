@@ -1,0 +1,259 @@
+"""Samplers checked against exact answers: with Gaussian data the optimal ε-predictor is known in
+closed form, every step is affine, and output moments follow by hand-written recursions below."""
+
+import math
+
+import pytest
+import torch
+
+import ddim.samplers as samplers
+from ddim.errors import DdimError
+from ddim.oracle import GaussianOracle, toy_data
+from ddim.schedule import alpha_bars, make_betas, timesteps
+
+BETAS = make_betas("linear", 1000)
+ALPHA_BAR = alpha_bars(BETAS)
+
+
+def abar(t):
+    return 1.0 if t < 0 else float(ALPHA_BAR[t])
+
+
+def oracle_setup(dim=16, seed=0):
+    mean, std = toy_data(dim, seed)
+    return mean, std, GaussianOracle(mean, std, BETAS)
+
+
+def hand_affine_ddim(seq, mean, std):
+    """DDIM η = 0 with ε* as x ↦ A x + B, computed straight from eq. 12 (per dimension)."""
+    A = torch.ones_like(mean)
+    B = torch.zeros_like(mean)
+    full = [-1, *seq]
+    for i in range(len(full) - 1, 0, -1):
+        a_t, a_s = abar(full[i]), abar(full[i - 1])
+        k = math.sqrt(1 - a_t) / (a_t * std**2 + 1 - a_t)  # ε* = k (x − √a_t μ)
+        # x_s = √a_s (x − √(1−a_t) ε)/√a_t + √(1−a_s) ε
+        coef_x = math.sqrt(a_s / a_t) + (math.sqrt(1 - a_s) - math.sqrt(a_s / a_t * (1 - a_t))) * k
+        const = -(math.sqrt(1 - a_s) - math.sqrt(a_s / a_t * (1 - a_t))) * k * math.sqrt(a_t) * mean
+        A, B = coef_x * A, coef_x * B + const
+    return A, B
+
+
+@pytest.mark.parametrize("skip, S", [("uniform", 10), ("quad", 20), ("trailing", 7)])
+def test_deterministic_ddim_is_the_hand_computed_affine_map(skip, S):
+    mean, std, oracle = oracle_setup()
+    x_T = torch.randn(32, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = samplers.sample(oracle, x_T, BETAS, steps=S, skip=skip, eta=0.0)
+    A, B = hand_affine_ddim(timesteps(1000, S, skip), mean, std)
+    torch.testing.assert_close(out, A * x_T + B, rtol=1e-10, atol=1e-10)
+    assert oracle.calls == len(timesteps(1000, S, skip))
+
+
+def hand_moments(seq, mean, std, eta):
+    """Exact output mean and variance of eq. 12 with σ(η) of eq. 16, for x_T ~ N(0, I)."""
+    m, v = torch.zeros_like(mean), torch.ones_like(mean)
+    full = [-1, *seq]
+    for i in range(len(full) - 1, 0, -1):
+        a_t, a_s = abar(full[i]), abar(full[i - 1])
+        sigma2 = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+        k = math.sqrt(1 - a_t) / (a_t * std**2 + 1 - a_t)
+        d = math.sqrt(1 - a_s - sigma2)
+        coef_x = math.sqrt(a_s / a_t) * (1 - math.sqrt(1 - a_t) * k) + d * k
+        const = math.sqrt(a_s / a_t) * math.sqrt(1 - a_t) * k * math.sqrt(a_t) * mean
+        const = const - d * k * math.sqrt(a_t) * mean
+        m, v = coef_x * m + const, coef_x**2 * v + sigma2
+    return m, v
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_stochastic_sampler_has_exact_output_moments(eta):
+    mean, std, oracle = oracle_setup(dim=4)
+    n = 200_000
+    g = torch.Generator().manual_seed(2)
+    x_T = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    out = samplers.sample(oracle, x_T, BETAS, steps=20, eta=eta, generator=g)
+    m, v = hand_moments(timesteps(1000, 20, "uniform"), mean, std, eta)
+    # 6 standard errors of the sample mean and of the sample variance
+    torch.testing.assert_close(out.mean(0), m, rtol=0, atol=float(6 * (v / n).sqrt().max()))
+    torch.testing.assert_close(out.var(0), v, rtol=6 * math.sqrt(2 / n), atol=0)
+
+
+def test_eta_one_is_the_ddpm_posterior_at_every_timestep():
+    """η = 1, S = T: eq. 12 equals μ̃_t(x_t, x_0) + √β̃_t z (DDPM eqs. 6–7) for any ε."""
+    g = torch.Generator().manual_seed(3)
+    plan = samplers.ddim_plan(BETAS, list(range(1000)), eta=1.0)
+    for step in plan[::37] + plan[-2:]:
+        t = step.t_from
+        x_t, eps, z = torch.randn(3, 8, generator=g, dtype=torch.float64)
+        beta_t, a_t, a_prev = float(BETAS[t]), abar(t), abar(t - 1)
+        x_0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        posterior_mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x_0 + (
+            math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)
+        ) * x_t
+        posterior_var = (1 - a_prev) / (1 - a_t) * beta_t
+        out, _ = samplers.generalized_step(x_t, eps, step, z)
+        torch.testing.assert_close(out, posterior_mean + math.sqrt(posterior_var) * z)
+
+
+def official_ddpm_noisy(eps_model, x, seq, noise):
+    """The official `ddpm_steps` update written from its formulas: clipped x_0, posterior mean,
+    variance β_t = 1 − α_t/α_{t−1} on the sub-sequence, no noise at t = 0."""
+    for i, (t, s) in enumerate(zip(reversed(seq), reversed([-1, *seq[:-1]]))):
+        a_t, a_s = abar(t), abar(s)
+        beta_t = 1 - a_t / a_s
+        e = eps_model(x, torch.full((x.shape[0],), t))
+        x0 = ((1 / a_t) ** 0.5 * x - (1 / a_t - 1) ** 0.5 * e).clamp(-1, 1)
+        mean = (a_s**0.5 * beta_t * x0 + (1 - beta_t) ** 0.5 * (1 - a_s) * x) / (1 - a_t)
+        x = mean + (t != 0) * beta_t**0.5 * noise[i]
+    return x
+
+
+def test_ddpm_large_variance_matches_official_ddpm_noisy():
+    mean, std, oracle = oracle_setup(dim=6)
+    seq = timesteps(1000, 50, "uniform")
+    x_T = torch.randn(5, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    noise = torch.randn(
+        len(seq), 5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    # replay the same noise through our sampler by drawing from a generator we control
+    draws = iter(noise)
+    original = samplers.randn
+    samplers.randn = lambda shape, generator, **kw: next(draws)
+    try:
+        ours = samplers.sample_ddpm(oracle, x_T, BETAS, steps=50, variance="large")
+    finally:
+        samplers.randn = original
+    expected = official_ddpm_noisy(oracle, x_T, seq, noise)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_ddpm_small_without_clipping_equals_eta_one():
+    _, _, oracle = oracle_setup()
+    x_T = torch.randn(4, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    a = samplers.sample(
+        oracle, x_T, BETAS, steps=25, eta=1.0, generator=torch.Generator().manual_seed(7)
+    )
+    b = samplers.sample_ddpm(
+        oracle,
+        x_T,
+        BETAS,
+        steps=25,
+        variance="small",
+        clip_x0=False,
+        generator=torch.Generator().manual_seed(7),
+    )
+    torch.testing.assert_close(a, b)
+
+
+def test_encode_then_sample_error_shrinks_with_steps():
+    mean, std, oracle = oracle_setup()
+    g = torch.Generator().manual_seed(8)
+    x_0 = mean + std * torch.randn(64, 16, generator=g, dtype=torch.float64)
+    errors = []
+    for S in (10, 50, 200, 1000):
+        x_rec = samplers.reconstruct(oracle, x_0, BETAS, steps=S)
+        errors.append((x_rec - x_0).square().mean().item())
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < errors[0] / 100
+    assert errors[-1] < 1e-5
+
+
+def test_encode_uses_the_same_labels_as_sampling():
+    _, _, oracle = oracle_setup()
+    seen = []
+    recorder = lambda x, t: (seen.append(int(t[0])), oracle(x, t))[1]  # noqa: E731
+    x = torch.zeros(2, 16, dtype=torch.float64)
+    samplers.encode(recorder, x, BETAS, steps=10)
+    up = list(seen)
+    seen.clear()
+    samplers.sample(recorder, x, BETAS, steps=10)
+    assert up == timesteps(1000, 10, "uniform") and seen == up[::-1]
+
+
+def test_repeated_timestep_is_an_identity_step():
+    x, eps = torch.randn(2, 3, 8, dtype=torch.float64)
+    t = 17
+    step = samplers.ddim_plan(BETAS, [t, t + 1], eta=1.0)[0]
+    same = samplers.PlanStep(t, t, t, abar(t), abar(t), sigma=0.0)
+    torch.testing.assert_close(samplers.generalized_step(x, eps, same)[0], x)
+    assert step.t_from == t + 1
+
+
+def test_quad_sampling_with_repeats_dropped_matches_explicit_list():
+    _, _, oracle = oracle_setup()
+    x_T = torch.randn(3, 16, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    calls = []
+    counting = lambda x, t: (calls.append(1), oracle(x, t))[1]  # noqa: E731
+    a = samplers.sample(counting, x_T, BETAS, steps=100, skip="quad")
+    assert len(calls) == 96
+    b = samplers.sample(oracle, x_T, BETAS, steps=timesteps(1000, 100, "quad"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_per_seed_images_do_not_depend_on_batch_size():
+    _, _, oracle = oracle_setup()
+    seeds = [11, 12, 13, 14]
+
+    def run(batch_seeds):
+        gens = samplers.generators_from_seeds(batch_seeds)
+        x_T = samplers.randn((len(batch_seeds), 16), gens, dtype=torch.float64)
+        return samplers.sample(oracle, x_T, BETAS, steps=10, eta=1.0, generator=gens)
+
+    together = run(seeds)
+    alone = torch.cat([run([s]) for s in seeds])
+    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+    torch.testing.assert_close(run(seeds), together, rtol=0, atol=0)
+    assert not torch.equal(run([11, 12]), run([12, 11]))
+
+
+def test_callback_sees_every_step_on_device():
+    _, _, oracle = oracle_setup()
+    steps = []
+    x_T = torch.randn(2, 16, dtype=torch.float64)
+    out = samplers.sample(oracle, x_T, BETAS, steps=10, callback=steps.append)
+    assert [s.t for s in steps] == timesteps(1000, 10, "uniform")[::-1]
+    assert [s.t_next for s in steps] == [*timesteps(1000, 10, "uniform")[::-1][1:], -1]
+    assert steps[-1].x is out and steps[0].x0_pred.device == x_T.device
+    assert torch.equal(steps[-1].x0_pred, out)  # the last step lands on its own x_0 prediction
+
+
+def test_clipping_is_off_by_default_and_explicit():
+    wild = lambda x, t: -5 * torch.ones_like(x)  # noqa: E731  # predicts x_0 far outside [−1, 1]
+    x_T = torch.zeros(1, 4, dtype=torch.float64)
+    assert samplers.sample(wild, x_T, BETAS, steps=5).abs().max() > 1
+    assert samplers.sample(wild, x_T, BETAS, steps=5, clip_x0=True).abs().max() <= 1
+
+
+def test_slerp():
+    z0 = torch.tensor([[1.0, 0.0, 0.0]])
+    z1 = torch.tensor([[0.0, 1.0, 0.0]])
+    torch.testing.assert_close(samplers.slerp(z0, z1, 0.0), z0)
+    torch.testing.assert_close(samplers.slerp(z0, z1, 1.0), z1)
+    torch.testing.assert_close(samplers.slerp(z0, z1, 0.5), (z0 + z1) / math.sqrt(2))
+    torch.testing.assert_close(samplers.slerp(z0, z1, 1 / 3).norm(), torch.tensor(1.0))
+    torch.testing.assert_close(samplers.slerp(z0, 2 * z0, 0.5), 1.5 * z0)  # parallel: linear
+
+
+def test_interpolate_endpoints_are_reconstructions():
+    mean, std, oracle = oracle_setup()
+    g = torch.Generator().manual_seed(10)
+    a, b = mean + std * torch.randn(2, 16, generator=g, dtype=torch.float64)
+    path = samplers.interpolate(oracle, a, b, BETAS, steps=20, num=5)
+    assert path.shape == (5, 16)
+    rec = samplers.reconstruct(oracle, torch.stack([a, b]), BETAS, steps=20)
+    torch.testing.assert_close(path[[0, -1]], rec)
+
+
+def test_bad_sampler_arguments():
+    _, _, oracle = oracle_setup()
+    x = torch.zeros(1, 16)
+    with pytest.raises(DdimError, match="eta must be >= 0, got -0.1"):
+        samplers.sample(oracle, x, BETAS, steps=10, eta=-0.1)
+    with pytest.raises(DdimError, match="variance must be 'small' or 'large', got 'big'"):
+        samplers.sample_ddpm(oracle, x, BETAS, steps=10, variance="big")
+    with pytest.raises(DdimError, match="steps must be between 1 and T"):
+        samplers.sample(oracle, x, BETAS, steps=0)
+    with pytest.raises(DdimError, match="2 per-image generators for a batch of 1"):
+        samplers.sample(
+            oracle, x, BETAS, steps=3, eta=1.0, generator=samplers.generators_from_seeds([1, 2])
+        )
