@@ -5,6 +5,8 @@ The public API fits on one screen; see README.md.
 
 __version__ = "0.1.0"
 
+from ddim.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ddim.config import Config, apply_overrides, load_config
 from ddim.data import load_all, open_dataset, to_model_range, to_uint8
 from ddim.errors import DdimError
 from ddim.loss import q_sample, simple_loss, training_timesteps
@@ -20,9 +22,17 @@ from ddim.samplers import (
     slerp,
 )
 from ddim.schedule import alpha_bars, make_betas, timesteps
+from ddim.unet import UNet
 
 __all__ = [
+    "Config",
     "DdimError",
+    "UNet",
+    "apply_overrides",
+    "load_checkpoint",
+    "load_config",
+    "load_model",
+    "save_checkpoint",
     "GaussianOracle",
     "alpha_bars",
     "encode",

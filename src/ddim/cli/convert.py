@@ -1,0 +1,78 @@
+"""`ddim convert`: official ckpt.pth or .ckpt, ddim .safetensors and diffusers folders, any way."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddim.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ddim.config import CONFIG_NAMES
+from ddim.convert import export_diffusers, verify_diffusers
+from ddim.errors import DdimError
+
+HELP = "Convert U-Net weights: official ckpt.pth/.ckpt, ddim .safetensors, diffusers folders."
+EXAMPLE = "ddim convert ckpt.pth cifar10.safetensors --config cifar10"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Source, destination, and how to fill in what a foreign file does not record."""
+    parser.add_argument("source", type=Path, help="checkpoint file or diffusers folder to read")
+    parser.add_argument(
+        "destination",
+        type=Path,
+        help="a .safetensors file (ddim format) or a folder (diffusers DDIMPipeline layout)",
+    )
+    parser.add_argument(
+        "--to",
+        choices=("ddim", "diffusers"),
+        default=None,
+        help="output kind (default: ddim for a .safetensors destination, else diffusers)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"config name ({', '.join(CONFIG_NAMES)}) or yml file, for files that record none",
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="export the raw weights instead of the EMA weights"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="diffusers export: load it with diffusers and compare outputs (needs diffusers)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the source, write the destination, print what was written."""
+    to = args.to or ("ddim" if args.destination.suffix == ".safetensors" else "diffusers")
+    checkpoint = load_checkpoint(args.source, config=args.config)
+    if checkpoint.config is None:
+        raise DdimError(
+            f"{args.source} records no config (schedule, image size): give --config, "
+            f"e.g. --config {CONFIG_NAMES[0]}"
+        )
+    if to == "ddim":
+        ema = None if args.raw else checkpoint.ema_state
+        save_checkpoint(
+            args.destination,
+            model_state=checkpoint.model_state,
+            ema_state=ema,
+            config=checkpoint.config,
+            step=checkpoint.step or 0,
+            extra_meta={"converted_from": str(args.source), "source_kind": checkpoint.kind},
+        )
+    else:
+        export_diffusers(checkpoint, args.destination, use_ema=not args.raw)
+        if args.verify:
+            _verify(checkpoint, args.destination, use_ema=not args.raw)
+    print(f"wrote {args.destination} ({to}, from a {checkpoint.kind} checkpoint)")
+    return 0
+
+
+def _verify(checkpoint: Checkpoint, folder: Path, *, use_ema: bool) -> None:
+    """Compare diffusers' output on the export with ours; a mismatch is an error."""
+    error = verify_diffusers(folder, model_from_checkpoint(checkpoint, use_ema=use_ema))
+    if error > 1e-4:
+        raise DdimError(f"diffusers' output differs from ours by {error:.3g} (max abs)")
+    print(f"verified with diffusers: max |difference| = {error:.3g}")

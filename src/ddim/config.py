@@ -1,0 +1,436 @@
+"""Run configuration as plain, frozen data: five sections laid out like the official DDIM yml files.
+
+    model      the U-Net's shape (the official `model:` section; `ch`, `ch_mult`, ... are its names)
+    diffusion  the noise schedule β_1..β_T (`beta_schedule`, `beta_start`, `beta_end`, T)
+    data       which images, at what size
+    training   optimiser, loss reduction, EMA, seed
+    sampling   DDIM defaults: number of steps S, sub-sequence kind, η
+
+A config holds no runtime objects (no devices, no modules, no tensors): it round-trips through
+`Config.to_dict()` / `Config.from_dict()` and through YAML unchanged, and `from_dict` is strict:
+an unknown key or a value of the wrong type is a `DdimError` naming the key.
+
+Reading the official files. `load_config(path)` also reads ermongroup/ddim's `configs/*.yml` as
+they are. Their extra keys are handled by explicit tables, never silently:
+
+- `OFFICIAL_RENAMES` moves the `optim:` section into `training` (`optim.lr` → `training.lr`, ...);
+- `OFFICIAL_FIXED` lists keys we accept only with the value our pipeline implements (e.g.
+  `data.logit_transform: false`, `optim.optimizer: Adam`); any other value is an error;
+- `OFFICIAL_DROPPED` lists keys that have no effect here (`training.n_epochs`, `sampling.last_only`,
+  ...); they are dropped. Any key in none of the tables is an error;
+- a file with an `optim:` section is official, and where it is silent the official training code's
+  behaviour applies (`OFFICIAL_TRAINING`: no warm-up, summed loss, no clipping, antithetic t).
+
+The packaged configs (`ddim/configs/<name>.yml`, names in `CONFIG_NAMES`) hold the official
+values; the fields the official files leave out take the DDPM paper's values (Ho et al. 2020,
+App. B and its released code): learning-rate warm-up of 5000 steps, the mean-reduced loss and
+t drawn independently per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ddim.errors import DdimError
+
+BetaSchedule = Literal["linear", "quad", "const", "jsd", "sigmoid", "cosine"]
+Skip = Literal["uniform", "quad", "trailing"]
+CONFIG_NAMES: tuple[str, ...] = ("cifar10", "celeba", "church", "bedroom", "tiny")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The DDPM U-Net (Ho et al. 2020, App. B); names and meanings as in the official `model:`."""
+
+    type: Literal["simple"] = "simple"
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    var_type: Literal["fixedlarge", "fixedsmall"] = "fixedlarge"
+    ema_rate: float = 0.9999
+    ema: bool = True
+    resamp_with_conv: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        _require(
+            self.ch > 0 and self.ch % 32 == 0,
+            "model.ch",
+            self.ch,
+            "a positive multiple of 32 (GroupNorm uses 32 groups)",
+        )
+        _require(
+            len(self.ch_mult) > 0 and min(self.ch_mult) > 0,
+            "model.ch_mult",
+            self.ch_mult,
+            "a non-empty list of positive integers",
+        )
+        _require(self.num_res_blocks >= 1, "model.num_res_blocks", self.num_res_blocks, ">= 1")
+        _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
+        _require(0 <= self.ema_rate <= 1, "model.ema_rate", self.ema_rate, "in [0, 1]")
+        _require(self.in_channels >= 1, "model.in_channels", self.in_channels, ">= 1")
+        _require(
+            self.out_ch == self.in_channels,
+            "model.out_ch",
+            self.out_ch,
+            f"equal to model.in_channels={self.in_channels} (the network predicts ε)",
+        )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process: β_t for t = 1..T (DDPM eq. 2), named as in the official `diffusion:`."""
+
+    beta_schedule: BetaSchedule = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_diffusion_timesteps: int = 1000
+
+    def __post_init__(self):
+        _require(
+            0 < self.beta_start <= self.beta_end < 1,
+            "diffusion.beta_start",
+            self.beta_start,
+            f"in (0, beta_end={self.beta_end}] with beta_end < 1",
+        )
+        _require(
+            self.num_diffusion_timesteps >= 1,
+            "diffusion.num_diffusion_timesteps",
+            self.num_diffusion_timesteps,
+            ">= 1",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: `dataset` names the source, `path` and `subdir` where it is (None: default)."""
+
+    dataset: str = "CIFAR10"
+    image_size: int = 32
+    channels: int = 3
+    random_flip: bool = True
+    path: str | None = None
+    subdir: str | None = None
+    category: str | None = None
+    num_workers: int = 4
+
+    def __post_init__(self):
+        _require(self.image_size >= 1, "data.image_size", self.image_size, ">= 1")
+        _require(self.channels >= 1, "data.channels", self.channels, ">= 1")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Adam on the simple loss (DDPM eq. 14); EMA by `model.ema_rate`, or by a half-life in kimg.
+
+    `loss` reduces the squared error over pixels by mean (DDPM) or sum (the official DDIM code);
+    `antithetic` pairs each t with T − 1 − t in a batch (the official DDIM code);
+    `init` is DDPM's TF initialisation (`reference`, see `ddim.unet.reference_init_`) or PyTorch's
+    default (`pytorch`, the official DDIM code);
+    `ema_halflife_kimg`, when set, replaces `model.ema_rate` by 0.5^(batch / (1000 · half-life)).
+    """
+
+    batch_size: int = 128
+    n_iters: int = 5_000_000
+    snapshot_freq: int = 5000
+    lr: float = 0.0002
+    warmup: int = 5000
+    grad_clip: float | None = 1.0
+    loss: Literal["mean", "sum"] = "mean"
+    antithetic: bool = False
+    init: Literal["reference", "pytorch"] = "reference"
+    ema_halflife_kimg: float | None = None
+    seed: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        for key in ("batch_size", "n_iters", "snapshot_freq"):
+            _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
+        _require(self.lr > 0, "training.lr", self.lr, "> 0")
+        _require(self.warmup >= 0, "training.warmup", self.warmup, ">= 0")
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "training.grad_clip",
+            self.grad_clip,
+            "> 0 or null",
+        )
+        _require(
+            self.ema_halflife_kimg is None or self.ema_halflife_kimg > 0,
+            "training.ema_halflife_kimg",
+            self.ema_halflife_kimg,
+            "> 0 or null",
+        )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """DDIM sampling defaults (Song et al. 2021): S steps on a `skip` sub-sequence, noise η."""
+
+    batch_size: int = 64
+    steps: int = 50
+    skip: Skip = "uniform"
+    eta: float = 0.0
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "sampling.batch_size", self.batch_size, ">= 1")
+        _require(self.steps >= 1, "sampling.steps", self.steps, ">= 1")
+        _require(self.eta >= 0, "sampling.eta", self.eta, ">= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: model, diffusion, data, training and sampling sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        _require(
+            self.data.channels == self.model.in_channels,
+            "data.channels",
+            self.data.channels,
+            f"equal to model.in_channels={self.model.in_channels}",
+        )
+        factor = 2 ** (len(self.model.ch_mult) - 1)
+        _require(
+            self.data.image_size % factor == 0,
+            "data.image_size",
+            self.data.image_size,
+            f"a multiple of {factor} (the U-Net halves it {factor.bit_length() - 1} times)",
+        )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as nested plain dicts of YAML/JSON scalars and lists."""
+        return {name: _section_to_dict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build a config from nested dicts; missing keys take defaults, unknown keys are errors."""
+        if not isinstance(d, dict):
+            raise DdimError(f"a config must be a mapping of sections, got {type(d).__name__}")
+        for name in d:
+            if name not in _SECTIONS:
+                raise DdimError(f"unknown key {name!r} (sections: {', '.join(_SECTIONS)})")
+        sections = {name: _section_from_dict(name, _or_empty(d.get(name))) for name in _SECTIONS}
+        return cls(**sections)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "sampling": SamplingConfig,
+}
+
+# Official key -> our key (see the module docstring).
+OFFICIAL_RENAMES: dict[str, str] = {
+    "optim.lr": "training.lr",
+    "optim.grad_clip": "training.grad_clip",
+    "optim.beta1": "training.adam_beta1",
+    "optim.eps": "training.adam_eps",
+    "optim.weight_decay": "training.weight_decay",
+}
+# Official keys accepted only with these values: the behaviour our pipeline implements.
+OFFICIAL_FIXED: dict[str, Any] = {
+    "data.logit_transform": False,
+    "data.uniform_dequantization": False,
+    "data.gaussian_dequantization": False,
+    "data.rescaled": True,
+    "optim.optimizer": "Adam",
+    "optim.amsgrad": False,
+}
+# What the official training code does where its yml says nothing: no warm-up, the loss summed
+# over pixels (`.sum(dim=(1, 2, 3))`), no clipping when `optim.grad_clip` is absent, and
+# antithetic timesteps (t paired with T − 1 − t), and PyTorch's default initialisation.
+OFFICIAL_TRAINING: dict[str, Any] = {
+    "warmup": 0,
+    "loss": "sum",
+    "grad_clip": None,
+    "antithetic": True,
+    "init": "pytorch",
+}
+# Official keys without effect here: training stops at n_iters; validation and `last_only` are
+# not part of this library; `log_step` and `ckpt_id` are run-time choices of the official CLI.
+OFFICIAL_DROPPED: frozenset[str] = frozenset(
+    {
+        "training.n_epochs",
+        "training.validation_freq",
+        "training.log_step",
+        "sampling.last_only",
+        "sampling.ckpt_id",
+    }
+)
+
+
+def _require(ok: bool, key: str, value: Any, what: str) -> None:
+    """Raise a one-line DdimError naming `key` unless `ok`."""
+    if not ok:
+        raise DdimError(f"{key}={value!r} must be {what}")
+
+
+def _or_empty(value: Any) -> Any:
+    """An absent or empty (`section:` with nothing under it) YAML section reads as {}."""
+    return {} if value is None else value
+
+
+def _section_to_dict(section) -> dict[str, Any]:
+    """One section as a dict, tuples turned into lists."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(section, f.name), tuple) else v
+        for f in dataclasses.fields(section)
+    }
+
+
+def _section_from_dict(name: str, d: Any):
+    """Build section `name` from a dict, checking every key and value type."""
+    cls = _SECTIONS[name]
+    if not isinstance(d, dict):
+        raise DdimError(f"config section {name!r} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        if key not in hints:
+            raise DdimError(f"unknown key '{name}.{key}'")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the type `hint` and return it in canonical form (tuples, floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is Literal:
+        if value not in args:
+            raise DdimError(f"{key}={value!r} must be one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise DdimError(f"{key}={value!r} must be a list")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    return _coerce_scalar(key, value, hint)
+
+
+def _coerce_scalar(key: str, value: Any, hint: type) -> Any:
+    """Check a scalar: bool is not an int, an int is a float, '1e-4' (YAML 1.1 text) is a float."""
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise DdimError(f"{key}={value!r} must be of type {hint.__name__}")
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, two levels deep (section.key)."""
+    flat = {}
+    for section, values in d.items():
+        values = _or_empty(values)
+        if not isinstance(values, dict):
+            raise DdimError(f"config section {section!r} must be a mapping, got {values!r}")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def from_official_dict(d: dict[str, Any]) -> Config:
+    """Build a config from a dict in the official ermongroup/ddim yml layout (or ours)."""
+    ours: dict[str, dict[str, Any]] = {}
+    if "optim" in d:  # the official layout: start from what the official code does
+        ours["training"] = dict(OFFICIAL_TRAINING)
+    for key, value in _flatten(d).items():
+        if key in OFFICIAL_DROPPED:
+            continue
+        if key in OFFICIAL_FIXED:
+            if value != OFFICIAL_FIXED[key]:
+                raise DdimError(f"{key}={value!r} is not supported (only {OFFICIAL_FIXED[key]!r})")
+            continue
+        key = OFFICIAL_RENAMES.get(key, key)
+        section, name = key.split(".", 1)
+        ours.setdefault(section, {})[name] = value
+    return Config.from_dict(ours)
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """Load a packaged config by name (`cifar10`, `tiny`, ...) or a yml file, ours or official."""
+    text, source = _read_config_text(name_or_path)
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DdimError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise DdimError(f"{source} does not hold a mapping of config sections")
+    return from_official_dict(d)
+
+
+def _read_config_text(name_or_path: str | Path) -> tuple[str, str]:
+    """The YAML text of a packaged config or a file, and a name for it in error messages."""
+    if str(name_or_path) in CONFIG_NAMES:
+        package_file = resources.files("ddim") / "configs" / f"{name_or_path}.yml"
+        return package_file.read_text(encoding="utf-8"), f"config {name_or_path!r}"
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise DdimError(
+            f"no config file {str(path)!r} and no packaged config of that name "
+            f"(packaged: {', '.join(CONFIG_NAMES)})"
+        )
+    return path.read_text(encoding="utf-8"), f"config file {str(path)!r}"
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """A YAML dumper that writes lists inline ([1, 2, 2, 2]) and mappings as blocks."""
+
+
+_FlowListDumper.add_representer(
+    list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+)
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML text, in our layout; `load_config` reads it back to an equal config."""
+    return yaml.dump(config.to_dict(), Dumper=_FlowListDumper, sort_keys=False)
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Return a copy of `config` with 'section.key=value' overrides (values parsed as YAML)."""
+    d = config.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise DdimError(f"override {item!r} is not of the form section.key=value")
+        section, dot, name = key.partition(".")
+        if not dot or section not in d or name not in d[section]:
+            raise DdimError(f"unknown key {key!r} in override {item!r}")
+        try:
+            d[section][name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise DdimError(f"cannot parse the value in override {item!r}") from None
+    return Config.from_dict(d)
