@@ -1,0 +1,258 @@
+"""Training on the CPU at tiny size: the loss falls, resume is exact, DDP equals one process,
+signals and crashes never lose a checkpoint."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ddim.train as train_module
+from ddim.checkpoint import load_checkpoint
+from ddim.config import apply_overrides, load_config
+from ddim.errors import DdimError
+from ddim.train import latest_checkpoint, new_run_dir, train
+
+SMALL = [
+    "model.ch=32",
+    "model.ch_mult=[1, 2]",
+    "model.attn_resolutions=[4]",
+    "data.image_size=8",
+    "training.batch_size=8",
+    "training.warmup=5",
+    "training.snapshot_freq=1000",
+    "model.ema_rate=0.9",
+]
+
+
+def blobs(n=64, size=8, seed=0):
+    """Smooth synthetic uint8 images (N, 3, size, size): a bright disc on a tinted background."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.empty((n, 3, size, size), np.uint8)
+    for k in range(n):
+        cy, cx, r = g.uniform(2, size - 2, 2).tolist() + [g.uniform(1.5, 3)]
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.float64)
+        colour = g.uniform(0, 255, 3)
+        for c in range(3):
+            images[k, c] = np.clip(40 + disc * colour[c], 0, 255)
+    return torch.from_numpy(images)
+
+
+def small_config(*extra):
+    return apply_overrides(load_config("tiny"), [*SMALL, *extra])
+
+
+def weights(path):
+    ckpt = load_checkpoint(path)
+    return ckpt.model_state, ckpt.ema_state
+
+
+def test_loss_falls(tmp_path):
+    config = small_config("training.n_iters=120", "training.lr=1e-3")
+    last = train(config, tmp_path, images=blobs(), log_every=20, sample_every=0, progress=False)
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(losses) == 6
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert load_checkpoint(last).step == 120
+    assert (tmp_path / "config.yml").exists()
+
+
+def test_resume_is_exact(tmp_path):
+    config = small_config("training.n_iters=8", "model.dropout=0.1")
+    images = blobs()
+    straight = train(config, tmp_path / "a", images=images, sample_every=0, progress=False)
+    train(config, tmp_path / "b", images=images, max_steps=4, sample_every=0, progress=False)
+    resumed = train(
+        config, tmp_path / "b", images=images, resume=tmp_path / "b", sample_every=0, progress=False
+    )
+    (m1, e1), (m2, e2) = weights(straight), weights(resumed)
+    assert load_checkpoint(resumed).step == 8
+    for key in m1:
+        torch.testing.assert_close(m1[key], m2[key], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(e1[key], e2[key], rtol=1e-6, atol=1e-7)
+
+
+def test_sample_grid_and_run_dirs(tmp_path):
+    config = small_config("training.n_iters=2", "sampling.steps=3")
+    train(config, tmp_path, images=blobs(16), checkpoint_every=2, progress=False)
+    assert (tmp_path / "samples" / "step-00000002.png").exists()
+    first, second = new_run_dir(tmp_path / "runs", "x"), new_run_dir(tmp_path / "runs", "x")
+    assert first.name == "00000-x" and second.name == "00001-x"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = small_config("training.n_iters=6")
+    real = train_module.simple_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    monkeypatch.setattr(train_module, "simple_loss", poisoned)
+    with pytest.raises(DdimError, match="non-finite"):
+        train(config, tmp_path, images=blobs(), checkpoint_every=2, log_every=1, progress=False)
+    good = latest_checkpoint(tmp_path)
+    assert load_checkpoint(good).step == 2
+    assert all(torch.isfinite(v).all() for v in weights(good)[0].values())
+
+
+def write_npz(path, images):
+    np.savez(path, arr_0=images.permute(0, 2, 3, 1).numpy())
+    return path
+
+
+def cli_train(*args, env=None):
+    return [
+        sys.executable,
+        "-m",
+        "ddim",
+        "train",
+        "--config",
+        "tiny",
+        *[a for o in SMALL for a in ("--set", o)],
+        "--device",
+        "cpu",
+        *args,
+    ]
+
+
+def test_two_process_torchrun_equals_one_process(tmp_path):
+    data = write_npz(tmp_path / "blobs.npz", blobs())
+    common = [
+        "--data",
+        str(data),
+        "--set",
+        "training.n_iters=3",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--sample-every",
+        "0",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run(
+        cli_train(*common, "--run-dir", str(tmp_path / "one")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    two = subprocess.run(
+        torchrun + cli_train(*common, "--run-dir", str(tmp_path / "two"))[1:],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    (m1, e1) = weights(latest_checkpoint(tmp_path / "one"))
+    (m2, e2) = weights(latest_checkpoint(tmp_path / "two"))
+    for key in m1:
+        torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_writes_a_checkpoint_and_sigkill_loses_nothing(tmp_path):
+    data = write_npz(tmp_path / "blobs.npz", blobs())
+    run_dir = tmp_path / "run"
+    command = cli_train(
+        "--data",
+        str(data),
+        "--set",
+        "training.n_iters=100000",
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "3",
+        "--keep",
+        "2",
+        "--sample-every",
+        "0",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rng = np.random.default_rng(0)
+    steps = [0]
+    for round_ in range(4):  # SIGKILL at random moments (mid-checkpoint too), then resume
+        resume = ["--resume", str(run_dir)] if round_ else []
+        proc = subprocess.Popen(
+            command + resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_checkpoint(run_dir, after_step=steps[-1], timeout=120)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps.append(load_checkpoint(latest_checkpoint(run_dir)).step)
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    proc = subprocess.Popen(
+        command + ["--resume", str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    _wait_for_checkpoint(run_dir, after_step=steps[-1], timeout=120)
+    before = load_checkpoint(latest_checkpoint(run_dir)).step
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    after = load_checkpoint(latest_checkpoint(run_dir)).step
+    assert after >= before and f"stopped by signal {int(signal.SIGTERM)} at step {after}" in out
+    assert math.isfinite(after)
+
+
+def _wait_for_checkpoint(run_dir: Path, after_step: int, timeout: float):
+    """Wait until a checkpoint newer than `after_step` exists (names carry the step)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        names = (run_dir / "checkpoints").glob("ckpt-*.safetensors")
+        if any(int(p.stem.split("-")[1]) > after_step for p in names):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint after step {after_step} appeared")
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddim",
+            "train",
+            "--config",
+            "cifar10",
+            "--set",
+            "training.lr=1e-4",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "lr: 0.0001" in out.stdout and "ch: 128" in out.stdout
