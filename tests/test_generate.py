@@ -1,0 +1,134 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from ddim.checkpoint import load_model
+from ddim.generate import (
+    SamplerSpec,
+    betas_of,
+    eps_model_for,
+    generate_to_shards,
+    read_shards,
+)
+
+
+def setup(path):
+    net, config = load_model(path)
+    eps_model = eps_model_for(net, amp=False, channels_last=False)
+    return eps_model, config, betas_of(config), (3, 8, 8)
+
+
+def test_images_depend_on_seed_not_batch(tiny_checkpoint, tmp_path):
+    eps_model, config, betas, shape = setup(tiny_checkpoint)
+    spec = SamplerSpec(steps=3, eta=1.0)
+    seeds = list(range(7))
+    cpu = torch.device("cpu")
+    for batch in (1, 3, 7):
+        generate_to_shards(
+            eps_model, betas, spec, seeds, shape, tmp_path / f"b{batch}", batch=batch, device=cpu
+        )
+    a, b, c = (read_shards(tmp_path / f"b{k}", 7) for k in (1, 3, 7))
+    assert a.shape == (7, 3, 8, 8) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])
+
+
+def test_ranks_split_work_and_merge_to_the_same_images(tiny_checkpoint, tmp_path):
+    eps_model, config, betas, shape = setup(tiny_checkpoint)
+    spec, seeds, cpu = SamplerSpec(steps=2), list(range(10)), torch.device("cpu")
+    made = [
+        generate_to_shards(
+            eps_model,
+            betas,
+            spec,
+            seeds,
+            shape,
+            tmp_path / "w",
+            batch=3,
+            device=cpu,
+            rank=r,
+            world_size=2,
+        )
+        for r in (0, 1)
+    ]
+    assert made == [6, 4]  # batches 0, 2 → rank 0 (3 + 3); 1, 3 → rank 1 (3 + 1)
+    generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path / "one", batch=3, device=cpu)
+    assert torch.equal(read_shards(tmp_path / "w", 10), read_shards(tmp_path / "one", 10))
+
+
+def test_interrupted_run_resumes_missing_shards_only(tiny_checkpoint, tmp_path):
+    eps_model, config, betas, shape = setup(tiny_checkpoint)
+    spec, seeds, cpu = SamplerSpec(steps=2, kind="ddpm", variance="large"), list(range(8)), "cpu"
+    generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path, batch=4, device=cpu)
+    full = read_shards(tmp_path, 8)
+    (tmp_path / "parts" / "part-0000004.npz").unlink()
+    again = generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path, batch=4, device=cpu)
+    assert again == 4
+    assert torch.equal(read_shards(tmp_path, 8), full)
+
+
+def test_sample_command_writes_exactly_n_images(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddim",
+            "sample",
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--n",
+            "10",
+            "--batch",
+            "4",
+            "--steps",
+            "3",
+            "--skip",
+            "quad",
+            "--eta",
+            "0.5",
+            "--png",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with np.load(out / "samples.npz") as f:
+        assert f["arr_0"].shape == (10, 8, 8, 3) and f["arr_0"].dtype == np.uint8
+    assert len(list((out / "png").glob("*.png"))) == 10
+    assert (out / "grid.png").exists()
+    record = json.loads((out / "sample.json").read_text())
+    assert record["network_calls_per_image"] == 3 and record["timesteps"] == [0, 200, 800]
+    assert record["sampler"]["eta"] == 0.5 and len(record["checkpoint_sha256"]) == 64
+
+
+def test_sample_command_rejects_bad_values(tiny_checkpoint, tmp_path):
+    for flags, message in [
+        (["--eta", "-1"], "--eta must be >= 0, got -1.0"),
+        (["--steps", "0"], "steps must be between 1 and T = 1000, got 0"),
+        (["--n", "0"], "--n must be >= 1"),
+    ]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ddim",
+                "sample",
+                "--ckpt",
+                str(tiny_checkpoint),
+                "-o",
+                str(tmp_path),
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
