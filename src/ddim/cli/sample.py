@@ -99,7 +99,7 @@ def sampler_spec(args, config, steps=None):
     if eta < 0:
         raise DdimError(f"--eta must be >= 0, got {eta}")
     return SamplerSpec(
-        steps=steps if steps is not None else (args.steps or s.steps),
+        steps=next(v for v in (steps, args.steps, s.steps) if v is not None),
         skip=args.skip or s.skip,
         eta=eta,
         kind=args.sampler,
