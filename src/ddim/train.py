@@ -90,9 +90,10 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
 
 
 def learning_rate(config: Config, step: int) -> float:
-    """Adam's learning rate at `step`: linear warm-up over `training.warmup` steps, then flat."""
+    """Adam's learning rate for the update made at `step` (0-based): lr · min(step / warmup, 1),
+    the DDPM reference trainer's warm-up (its first update has learning rate 0), then flat."""
     warmup = config.training.warmup
-    return config.training.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return config.training.lr * (min(1.0, step / warmup) if warmup else 1.0)
 
 
 def make_optimizer(config: Config, net: torch.nn.Module, device: torch.device):
@@ -194,6 +195,7 @@ def train(
     log_every         steps between metric lines (and non-finite-loss checks)
     cache_dir, workers  decoded-dataset cache folder and decode processes
     """
+    _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every)
     rank, world_size, device = distributed_context(None if device is None else torch.device(device))
     run_dir = Path(run_dir)
     t_cfg = config.training
@@ -276,6 +278,20 @@ def train(
     if stop.signal is not None and rank == 0:
         print(f"stopped by signal {stop.signal} at step {step}; checkpoint {last}")
     return last
+
+
+def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every) -> None:
+    """Reject option values that would train nothing, divide by zero or delete every checkpoint."""
+    for name, value, least in (
+        ("max_steps", max_steps, 1),
+        ("checkpoint_every", checkpoint_every, 1),
+        ("keep", keep, 1),
+        ("sample_every", sample_every, 0),
+        ("log_every", log_every, 1),
+    ):
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise DdimError(f"{name} ({flag}) must be >= {least}, got {value}")
 
 
 def _schedule_args(config: Config) -> dict:
