@@ -132,3 +132,23 @@ def test_sample_command_rejects_bad_values(tiny_checkpoint, tmp_path):
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_command_reads_an_official_ckpt_pth(tmp_path):
+    """The official runner's list [model, optimizer, epoch, step, ema] with `module.` prefixes."""
+    from ddim.unet import UNet
+
+    net = UNet(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
+               dropout=0.0, in_channels=3, resolution=32, resamp_with_conv=True)
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    torch.save([state, {}, 1, 10, state], tmp_path / "ckpt.pth")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "ddim", "sample", "--ckpt", str(tmp_path / "ckpt.pth"), "--n", "2",
+         "--steps", "2", "-o", str(out)], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with np.load(out / "samples.npz") as f:
+        assert f["arr_0"].shape == (2, 32, 32, 3)
+    record = json.loads((out / "sample.json").read_text())
+    assert record["config"]["diffusion"]["beta_schedule"] == "linear"

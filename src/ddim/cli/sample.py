@@ -72,21 +72,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_for_sampling(args):
-    """(eps_model, config, device, amp) for the checkpoint named by --ckpt."""
-    from ddim.checkpoint import load_model
-    from ddim.config import Config
+    """(eps_model, config, device, amp, rank, world size) for the checkpoint named by --ckpt."""
+    from ddim.checkpoint import load_checkpoint, model_from_checkpoint
     from ddim.generate import eps_model_for
     from ddim.train import distributed_context
 
     rank, world_size, device = distributed_context(
         torch.device(args.device) if args.device else None
     )
-    net, config = load_model(args.ckpt, use_ema=not args.raw, device=device, config=args.config)
-    if config is None:
-        config = Config()  # the paper's diffusion: linear β 1e-4 → 0.02, T = 1000
+    checkpoint = load_checkpoint(args.ckpt, config=args.config)
+    net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
+    config = checkpoint.config or config_for_foreign(checkpoint)
     amp = device.type == "cuda" and not args.no_amp
     eps_model = eps_model_for(net, amp=amp, channels_last=device.type == "cuda")
     return eps_model, config, device, amp, rank, world_size
+
+
+def config_for_foreign(checkpoint):
+    """A config for weights that carry none: their inferred network and the paper's diffusion
+    (linear β from 1e-4 to 0.02, T = 1000)."""
+    from ddim.config import Config, DataConfig
+
+    model = checkpoint.model_config
+    data = DataConfig(image_size=checkpoint.image_size, channels=model.in_channels)
+    return Config(model=model, data=data)
 
 
 def sampler_spec(args, config, steps=None):
