@@ -1,0 +1,123 @@
+"""`ddim table`: the paper's Table 1, FID of DDIM(η) and DDPM σ̂ for each S, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ddim.errors import DdimError
+
+HELP = "Table 1: FID for each (η, S) and the σ̂ row, generated in memory; table.md/json + plot."
+EXAMPLE = (
+    "ddim table --ckpt ckpt.safetensors --ref fid-refs/cifar10-train.npz --n 50000 "
+    "--steps 10 20 50 100 1000 --etas 0 0.2 0.5 1 --sigma-hat -o table1"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ddim table`."""
+    from ddim.cli.sample import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
+    parser.add_argument("--n", type=int, default=50_000, help="images per cell (50000)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000],
+                        help="S values, the columns (10 20 50 100 1000)")
+    parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.2, 0.5, 1.0],
+                        help="η values, the DDIM rows (0 0.2 0.5 1)")
+    parser.add_argument("--sigma-hat", action="store_true",
+                        help="add the σ̂ row: DDPM ancestral sampling with variance β")
+    parser.add_argument("--skip", choices=["uniform", "quad"],
+                        help="sub-sequence for S < T (default: quad for CIFAR10, else uniform)")
+    parser.add_argument("--seed", type=int, default=0, help="image k of every cell uses seed + k")
+    parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
+    parser.add_argument("-o", "--out", default="table1",
+                        help="folder: table.json (resumable), table.md, fid_vs_steps.png")
+
+
+def default_skip(config) -> str:
+    """The paper's choice: quad for CIFAR-10, uniform for the other datasets."""
+    return "quad" if config.data.dataset.upper() == "CIFAR10" else "uniform"
+
+
+def table_settings(args, config, device, amp, ref_stats, skip: str) -> dict:
+    """Every run-wide choice that changes the numbers; a stored cell is reused only if equal."""
+    from ddim.cli.encode import model_record
+    from ddim.generate import file_sha256
+
+    record = model_record(args, config, device, amp)
+    return {
+        **record, "device": device.type, "n": args.n, "seeds": [args.seed, args.seed + args.n - 1],
+        "skip": skip, "skip_at_S_equal_T": "uniform (all T steps)",
+        "clip_x0": "off for DDIM, on for DDPM sigma_hat (the official code)",
+        "reference": {"path": str(args.ref), "sha256": file_sha256(args.ref), "n": ref_stats.n,
+                      "source": ref_stats.source, "network_sha256": ref_stats.network_sha256,
+                      "convention": ref_stats.convention},
+        "config": config.to_dict(),
+    }
+
+
+def _check(args) -> None:
+    """Reject bad values before loading anything."""
+    if args.n < 2:
+        raise DdimError(f"--n must be >= 2 for a covariance, got {args.n}")
+    if any(eta < 0 for eta in args.etas):
+        raise DdimError(f"--etas must be >= 0, got {args.etas}")
+    if args.batch is not None and args.batch < 1:
+        raise DdimError(f"--batch must be >= 1, got {args.batch}")
+
+
+def run(args) -> int:
+    """Score each missing cell, saving table.json, table.md and the plot after every one."""
+    from ddim.cli.sample import load_for_sampling
+    from ddim.experiments import resume_record, run_table, table_markdown, table_specs
+    from ddim.fid import compute_fid, load_stats
+    from ddim.generate import betas_of, iterate_images
+    from ddim.schedule import timesteps
+
+    _check(args)
+    ref_stats = load_stats(args.ref)
+    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    betas, T = betas_of(config), config.diffusion.num_diffusion_timesteps
+    skip = args.skip or default_skip(config)
+    for S in args.steps:
+        timesteps(T, S, skip)  # validates every S before any work
+    specs = table_specs(args.steps, args.etas if args.etas else [], args.sigma_hat, skip, T)
+    batch = args.batch or config.sampling.batch_size
+    seeds = list(range(args.seed, args.seed + args.n))
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+
+    def score(spec) -> float:
+        images = iterate_images(eps_model, betas, spec, seeds, shape, batch=batch, device=device)
+        return compute_fid(images, ref_stats, device=device, batch_size=batch, total=args.n)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = resume_record(out / "table.json", table_settings(args, config, device, amp,
+                                                              ref_stats, skip))
+    with tqdm(total=len(specs), unit="cell", desc="table") as bar:
+        record = run_table(specs, score, record, lambda r: write_outputs(r, out), T=T,
+                           progress=lambda key: (bar.set_postfix_str(key), bar.update(1)))
+    write_outputs(record, out)
+    print(table_markdown(record))
+    print(f"wrote table.json, table.md, fid_vs_steps.png to {out}", file=sys.stderr)
+    return 0
+
+
+def write_outputs(record: dict, out: Path) -> None:
+    """table.json (atomically), table.md and fid_vs_steps.png from the record so far."""
+    from ddim.experiments import plot_fid_vs_steps, table_markdown, table_series
+
+    tmp = out / "table.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    tmp.replace(out / "table.json")
+    s = record["settings"]
+    header = (f"# FID table (Table 1 grid)\n\nN = {s['n']} images per cell, skip = {s['skip']} "
+              f"(S = T: all steps), {s['weights']} weights, reference {s['reference']['path']} "
+              f"(n = {s['reference']['n']}), bf16 = {s['bf16']}, device = {s['device']}.\n\n")
+    (out / "table.md").write_text(header + table_markdown(record), encoding="utf-8")
+    plot_fid_vs_steps(table_series(record), out / "fid_vs_steps.png")

@@ -1,0 +1,446 @@
+"""The paper's experiments as library functions: encoding, reconstruction (Table 2), latent
+interpolation (App. D.5), sample consistency across S (Figs. 4/5) and the FID grid (Table 1).
+
+Images come in and go out as uint8 (N, C, H, W); `ddim.data` converts them to and from [−1, 1].
+Every function takes the network as `eps_model(x_t, t)`, the β's, and a device; nothing here reads
+files or flags except the few helpers that say so. The FID table takes its scorer as an argument,
+so its bookkeeping (cells, resuming, tables, the plot) runs without Inception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ddim.data import fit_image, to_model_range, to_uint8
+from ddim.errors import DdimError
+from ddim.generate import SamplerSpec
+from ddim.samplers import encode, generators_from_seeds, randn, sample, slerp
+from ddim.schedule import timesteps
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# The paper's CIFAR-10 FIDs (Song, Meng & Ermon, ICLR 2021, Table 1, CIFAR10 (32 × 32) columns),
+# for S = 10, 20, 50, 100, 1000; η = 1.0 and σ̂ are DDPM with β̃ and with β = σ̂.
+PAPER_STEPS = (10, 20, 50, 100, 1000)
+PAPER_TABLE1_CIFAR10 = {
+    "eta=0.0": (13.36, 6.84, 4.67, 4.16, 4.04),
+    "eta=0.2": (14.04, 7.11, 4.77, 4.25, 4.09),
+    "eta=0.5": (16.66, 8.35, 5.25, 4.46, 4.29),
+    "eta=1.0": (41.07, 18.36, 8.01, 5.78, 4.73),
+    "sigma_hat": (367.43, 133.37, 32.72, 9.99, 3.17),
+}
+
+
+# --- images in ---------------------------------------------------------------------------------
+
+
+def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
+    """Image files as uint8 RGB (N, 3, R, R): centre-cropped and resized like the datasets."""
+    images = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DdimError(f"image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                image = fit_image(image.convert("RGB"), resolution)
+        except OSError as error:
+            raise DdimError(f"cannot read image {path}: {error}") from None
+        images.append(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()))
+    return torch.stack(images)
+
+
+def take_images(dataset, indices: Sequence[int]) -> torch.Tensor:
+    """Items `indices` of a dataset as one uint8 tensor (N, C, H, W); bad indices are errors."""
+    for i in indices:
+        if not 0 <= i < len(dataset):
+            raise DdimError(f"index {i} is out of range for {len(dataset)} images")
+    return torch.stack([dataset[i] for i in indices])
+
+
+def _batches(n: int, batch: int) -> Iterator[slice]:
+    """Slices of `batch` consecutive items covering range(n)."""
+    if batch < 1:
+        raise DdimError(f"--batch must be >= 1, got {batch}")
+    return (slice(s, min(s + batch, n)) for s in range(0, n, batch))
+
+
+# --- encoding and reconstruction (Table 2) -----------------------------------------------------
+
+
+def encode_images(
+    eps_model: EpsModel,
+    images: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int,
+    skip: str,
+    batch: int,
+    device: torch.device | str,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """x_T of uint8 images by the DDIM ODE run upward (eqs. 13/14), float32 on the CPU."""
+    out = []
+    for part in _batches(len(images), batch):
+        x_0 = to_model_range(images[part].to(device))
+        out.append(encode(eps_model, x_0, betas, steps=steps, skip=skip).cpu())
+        if progress is not None:
+            progress(len(x_0))
+    return torch.cat(out)
+
+
+def reconstruction_mse(x: torch.Tensor, x_rec: torch.Tensor) -> float:
+    """Per-dimension MSE on the [0, 1] scale: mean of ((x_rec + 1)/2 − (x + 1)/2)² (Table 2)."""
+    a, b = (x.double() + 1) / 2, (x_rec.double() + 1) / 2
+    return float(((b - a) ** 2).mean())
+
+
+def reconstruct_images(
+    eps_model: EpsModel,
+    images: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int,
+    skip: str,
+    batch: int,
+    device: torch.device | str,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Encode with S steps then decode with S steps, η = 0 (Table 2); float [−1, 1] on the CPU."""
+    out = []
+    for part in _batches(len(images), batch):
+        x_0 = to_model_range(images[part].to(device))
+        x_T = encode(eps_model, x_0, betas, steps=steps, skip=skip)
+        out.append(sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0).cpu())
+        if progress is not None:
+            progress(len(x_0))
+    return torch.cat(out)
+
+
+def reconstruction_study(
+    eps_model: EpsModel,
+    images: torch.Tensor,
+    betas: torch.Tensor,
+    steps_list: Sequence[int],
+    *,
+    skip: str,
+    batch: int,
+    device: torch.device | str,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict], list[torch.Tensor]]:
+    """For each S: MSE, network calls per image (2 × |τ|), seconds; and the uint8 reconstructions.
+
+    The MSE is computed on the float reconstructions, before rounding to uint8, against the
+    dequantised originals x = u / 127.5 − 1.
+    """
+    x = to_model_range(images)
+    rows, recs = [], []
+    for S in steps_list:
+        start = time.perf_counter()
+        x_rec = reconstruct_images(
+            eps_model, images, betas, steps=S, skip=skip, batch=batch, device=device,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - start
+        calls = 2 * len(timesteps(len(betas), S, skip))
+        rows.append({"steps": S, "mse": reconstruction_mse(x, x_rec), "network_calls": calls,
+                     "seconds": seconds})
+        recs.append(to_uint8(x_rec))
+    return rows, recs
+
+
+def reconstruction_markdown(rows: Sequence[dict], n: int) -> str:
+    """Table 2 style markdown: S, MSE (in full and rounded to 1e-4), network calls, seconds."""
+    lines = [
+        f"Reconstruction error of {n} images, encode S steps + decode S steps (η = 0).",
+        "MSE: per-dimension mean of ((x_rec+1)/2 − (x+1)/2)² on the float outputs (before uint8).",
+        "",
+        "| S | MSE | MSE (to 1e-4, as Table 2) | network calls / image | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['mse']:.3e} | {r['mse']:.4f} | "
+                     f"{r['network_calls']} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- interpolation (App. D.5) ------------------------------------------------------------------
+
+
+def seed_latents(seeds: Sequence[int], shape: Sequence[int], device) -> torch.Tensor:
+    """x_T of `seeds` exactly as `ddim sample` draws them (one generator per seed)."""
+    return randn((len(seeds), *shape), generators_from_seeds(seeds, device), device=device)
+
+
+def slerp_path(z0: torch.Tensor, z1: torch.Tensor, num: int) -> torch.Tensor:
+    """`num` latents slerped from z0 to z1 (C, H, W) at α = 0, 1/(num−1), …, 1; ends are exact."""
+    if num < 2:
+        raise DdimError(f"--num must be >= 2, got {num}")
+    alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z0.device).view(-1, 1, 1, 1)
+    return slerp(z0.expand(num, *z0.shape), z1.expand(num, *z1.shape), alphas)
+
+
+def interpolate_latents(
+    eps_model: EpsModel,
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    num: int,
+    steps: int,
+    skip: str,
+) -> torch.Tensor:
+    """Decode the slerp path between two x_T with deterministic DDIM; uint8 (num, C, H, W)."""
+    path = slerp_path(z0, z1, num)
+    return to_uint8(sample(eps_model, path, betas, steps=steps, skip=skip, eta=0.0))
+
+
+# --- consistency across S (Figs. 4/5) ----------------------------------------------------------
+
+
+def shown_steps(num_steps: int, show: int) -> list[int]:
+    """`show` step indices evenly spaced over 0..num_steps−1 (distinct, first and last kept)."""
+    if show < 1:
+        raise DdimError(f"--show must be >= 1, got {show}")
+    picks = np.linspace(0, num_steps - 1, min(show, num_steps)).round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def trajectory_row(
+    eps_model: EpsModel,
+    x_T: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int,
+    skip: str,
+    show: int,
+) -> torch.Tensor:
+    """Predicted x_0 at `show` evenly spaced DDIM steps (η = 0), then the final image; uint8.
+
+    Only the shown predictions are kept (as uint8, on the device); the rest are dropped.
+    """
+    wanted = set(shown_steps(len(timesteps(len(betas), steps, skip)), show))
+    kept: list[torch.Tensor] = []
+
+    def keep(step) -> None:
+        if step.index in wanted:
+            kept.append(to_uint8(step.x0_pred))
+
+    x_0 = sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0, callback=keep)
+    return torch.cat([*kept, to_uint8(x_0)]).cpu()
+
+
+def pad_rows(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Stack rows of different lengths into one grid batch (blank cells at the ends), and width."""
+    width = max(len(r) for r in rows)
+    padded = []
+    for r in rows:
+        blank = torch.zeros((width - len(r), *r.shape[1:]), dtype=r.dtype)
+        padded.append(torch.cat([r, blank]))
+    return torch.cat(padded), width
+
+
+# --- the FID grid (Table 1) --------------------------------------------------------------------
+
+
+def row_label(spec: SamplerSpec) -> str:
+    """The Table 1 row a spec belongs to: "eta=0.5", or "sigma_hat" for DDPM with β."""
+    return "sigma_hat" if spec.kind == "ddpm" else f"eta={spec.eta:.1f}"
+
+
+def table_specs(
+    steps_list: Sequence[int], etas: Sequence[float], sigma_hat: bool, skip: str, T: int
+) -> list[SamplerSpec]:
+    """The Table 1 cells: DDIM(η) for each η and S, plus DDPM σ̂ rows if asked.
+
+    S = T walks all T steps (uniform), whatever `skip`: the paper's S = 1000 column is the full
+    chain, which `quad` would not give (its grid stops at 0.8·T).
+    """
+    specs = []
+    for S in steps_list:
+        cell_skip = "uniform" if S == T else skip
+        specs += [SamplerSpec(steps=S, skip=cell_skip, eta=float(eta)) for eta in etas]
+        if sigma_hat:
+            specs.append(SamplerSpec(steps=S, skip=cell_skip, kind="ddpm", variance="large"))
+    return specs
+
+
+def cell_key(spec: SamplerSpec) -> str:
+    """A stable name for a cell in table.json."""
+    return f"{row_label(spec)},S={spec.steps}"
+
+
+def run_table(
+    specs: Sequence[SamplerSpec],
+    score: Callable[[SamplerSpec], float],
+    record: dict,
+    save: Callable[[dict], None],
+    *,
+    T: int,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Score each cell not already in `record` with the same settings; save after every cell.
+
+    `progress(key)` is called once per cell, after it is scored or found already done.
+    `record` is {"settings": {...}, "cells": {key: {...}}}; a stored cell is reused only when the
+    run-wide settings are equal and its sampler is the same.
+    """
+    cells = record.setdefault("cells", {})
+    for spec in specs:
+        key, sampler = cell_key(spec), asdict(spec)
+        old = cells.get(key)
+        if old is not None and old.get("sampler") == sampler:
+            if progress is not None:
+                progress(key)
+            continue
+        start = time.perf_counter()
+        fid = float(score(spec))
+        cells[key] = {
+            "row": row_label(spec), "steps": spec.steps, "fid": fid,
+            "seconds": time.perf_counter() - start, "sampler": sampler,
+            "network_calls_per_image": spec.network_calls(T),
+            "timesteps": timesteps(T, spec.steps, spec.skip),
+        }
+        save(record)
+        if progress is not None:
+            progress(key)
+    return record
+
+
+def resume_record(path: Path, settings: dict) -> dict:
+    """The table record to continue: the stored one if its settings equal these, else a new one."""
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("settings") == settings:
+            return old
+    return {"settings": settings, "cells": {}}
+
+
+def _rows_in_order(cells: dict) -> list[str]:
+    """Row labels of the cells: η rows by η, then σ̂."""
+    rows = {c["row"] for c in cells.values()}
+    etas = sorted((r for r in rows if r != "sigma_hat"), key=lambda r: float(r.split("=")[1]))
+    return etas + (["sigma_hat"] if "sigma_hat" in rows else [])
+
+
+def table_markdown(record: dict, paper: dict | None = PAPER_TABLE1_CIFAR10) -> str:
+    """Markdown FID table (rows η and σ̂, columns S) with the paper's number beside each cell."""
+    cells = record["cells"]
+    steps = sorted({c["steps"] for c in cells.values()})
+    head = "| | " + " | ".join(f"S = {S}" for S in steps) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(steps)]
+    for row in _rows_in_order(cells):
+        entries = []
+        for S in steps:
+            cell = cells.get(f"{row},S={S}")
+            ours = "–" if cell is None else f"{cell['fid']:.2f}"
+            theirs = _paper_value(paper, row, S)
+            entries.append(ours if theirs is None else f"{ours} ({theirs:.2f})")
+        name = "σ̂" if row == "sigma_hat" else "η = " + row.split("=")[1]
+        lines.append(f"| {name} | " + " | ".join(entries) + " |")
+    note = "FID ours (paper, CIFAR-10 Table 1 of Song, Meng & Ermon 2021, where it has the cell)."
+    return note + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _paper_value(paper: dict | None, row: str, S: int) -> float | None:
+    """The paper's FID for a row and S, or None."""
+    if not paper or row not in paper or S not in PAPER_STEPS:
+        return None
+    return paper[row][PAPER_STEPS.index(S)]
+
+
+# --- the FID-vs-S plot, drawn with PIL ---------------------------------------------------------
+
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+
+
+def plot_series(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[int, int]]]:
+    """Pixel coordinates of (S, FID) points on the plot's log-x, linear-y axes (for testing)."""
+    return _Axes(series).pixels()
+
+
+class _Axes:
+    """Data → pixel mapping for a 640×420 plot with log10 x and linear y."""
+
+    W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 420, 60, 150, 20, 40
+
+    def __init__(self, series: dict[str, list[tuple[float, float]]]):
+        self.series = {k: [(x, y) for x, y in v if x > 0 and math.isfinite(y)]
+                       for k, v in series.items()}
+        points = [p for v in self.series.values() for p in v] or [(1.0, 0.0)]
+        xs, ys = [math.log10(x) for x, _ in points], [y for _, y in points]
+        self.x0, self.x1 = min(xs) - 0.1, max(xs) + 0.1
+        self.y0, self.y1 = 0.0, max(ys) * 1.05 or 1.0
+
+    def xy(self, x: float, y: float) -> tuple[int, int]:
+        """Pixel of data point (x, y)."""
+        span_x, span_y = self.W - self.LEFT - self.RIGHT, self.H - self.TOP - self.BOTTOM
+        px = self.LEFT + (math.log10(x) - self.x0) / (self.x1 - self.x0) * span_x
+        py = self.H - self.BOTTOM - (y - self.y0) / (self.y1 - self.y0) * span_y
+        return round(px), round(py)
+
+    def pixels(self) -> dict[str, list[tuple[int, int]]]:
+        """Every series' points in pixels."""
+        return {k: [self.xy(x, y) for x, y in v] for k, v in self.series.items()}
+
+
+def plot_fid_vs_steps(series: dict[str, list[tuple[float, float]]], path: str | Path) -> Path:
+    """Draw FID against S (log x axis), one line per row, with a legend; save a PNG."""
+    axes = _Axes(series)
+    image = Image.new("RGB", (axes.W, axes.H), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    _draw_frame(draw, font, axes, sorted({x for v in axes.series.values() for x, _ in v}))
+    for k, (name, points) in enumerate(axes.pixels().items()):
+        color = _COLORS[k % len(_COLORS)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points:
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
+        top = axes.TOP + 10 + 16 * k
+        draw.line((axes.W - axes.RIGHT + 10, top + 6, axes.W - axes.RIGHT + 30, top + 6),
+                  fill=color, width=2)
+        draw.text((axes.W - axes.RIGHT + 35, top), name, fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _draw_frame(draw: ImageDraw.ImageDraw, font, axes: _Axes, xticks: Sequence[float]) -> None:
+    """Axes lines, ticks at each S and five y ticks, and axis titles."""
+    bottom, right = axes.H - axes.BOTTOM, axes.W - axes.RIGHT
+    draw.line((axes.LEFT, axes.TOP, axes.LEFT, bottom, right, bottom), fill="black")
+    for x in xticks:
+        px, _ = axes.xy(x, axes.y0)
+        draw.line((px, bottom, px, bottom + 4), fill="black")
+        draw.text((px - 8, bottom + 6), f"{x:g}", fill="black", font=font)
+    for k in range(6):
+        y = axes.y0 + (axes.y1 - axes.y0) * k / 5
+        _, py = axes.xy(10**axes.x0, y)
+        draw.line((axes.LEFT - 4, py, axes.LEFT, py), fill="black")
+        draw.text((5, py - 6), f"{y:.1f}", fill="black", font=font)
+    draw.text(((axes.LEFT + right) // 2 - 40, axes.H - 16), "S (log scale)", fill="black",
+              font=font)
+    draw.text((axes.LEFT + 5, 4), "FID", fill="black", font=font)
+
+
+def table_series(record: dict) -> dict[str, list[tuple[float, float]]]:
+    """(S, FID) points per row of a table record, ordered by S, for `plot_fid_vs_steps`."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in _rows_in_order(record["cells"]):
+        cells = [c for c in record["cells"].values() if c["row"] == row]
+        name = "sigma-hat (DDPM, beta)" if row == "sigma_hat" else row  # ASCII: PIL's font
+        series[name] = sorted((float(c["steps"]), float(c["fid"])) for c in cells)
+    return series

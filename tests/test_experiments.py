@@ -1,0 +1,276 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddim import experiments as ex
+from ddim.checkpoint import load_model
+from ddim.cli import main
+from ddim.data import to_model_range, to_uint8
+from ddim.generate import SamplerSpec, betas_of, eps_model_for, sample_batch
+from ddim.samplers import reconstruct
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    net, config = load_model(tiny_checkpoint)
+    return eps_model_for(net, amp=False, channels_last=False), config, betas_of(config)
+
+
+@pytest.fixture(scope="module")
+def data_npz(tmp_path_factory):
+    """Six random 8×8 RGB images as an NHWC uint8 .npz."""
+    path = tmp_path_factory.mktemp("data") / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, arr_0=rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+def cell(grid: np.ndarray, row: int, col: int, size: int = 8, pad: int = 2) -> np.ndarray:
+    """Image (row, col) of a `save_grid` PNG as HWC uint8."""
+    top, left = pad + row * (size + pad), pad + col * (size + pad)
+    return grid[top : top + size, left : left + size]
+
+
+# --- library -----------------------------------------------------------------------------------
+
+
+def test_reconstruction_mse_closed_form():
+    x = torch.zeros(2, 3, 4, 4)
+    assert ex.reconstruction_mse(x, x + 0.2) == pytest.approx(0.01)  # (0.6 − 0.5)²
+    x_rec = torch.full_like(x, -1.0)
+    x_rec[0] = 1.0  # half the images off by 1 on the [0, 1] scale, half by 0.5 … squared
+    assert ex.reconstruction_mse(x, x_rec) == pytest.approx((0.25 + 0.25) / 2)
+
+
+def test_reconstruction_study_matches_direct_computation(model, data_npz):
+    eps_model, config, betas = model
+    images = torch.from_numpy(np.load(data_npz)["arr_0"][:4]).permute(0, 3, 1, 2)
+    rows, recs = ex.reconstruction_study(
+        eps_model, images, betas, [2, 3], skip="uniform", batch=3, device="cpu"
+    )
+    x = images.double() / 127.5 - 1
+    for row, rec, S in zip(rows, recs, [2, 3]):
+        x_rec = reconstruct(eps_model, to_model_range(images), betas, steps=S).double()
+        direct = (((x_rec + 1) / 2 - (x + 1) / 2) ** 2).mean().item()
+        assert row["mse"] == pytest.approx(direct, rel=1e-5)
+        assert row["network_calls"] == 2 * S and row["steps"] == S
+        assert rec.dtype == torch.uint8 and rec.shape == images.shape
+
+
+def test_slerp_path_ends_are_the_latents():
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    path = ex.slerp_path(z[0], z[1], 5)
+    assert path.shape == (5, 3, 8, 8)
+    assert torch.equal(path[0], z[0]) and torch.equal(path[-1], z[1])
+    with pytest.raises(ex.DdimError, match="--num must be >= 2, got 1"):
+        ex.slerp_path(z[0], z[1], 1)
+
+
+def test_shown_steps_are_evenly_spaced_and_keep_both_ends():
+    assert ex.shown_steps(10, 4) == [0, 3, 6, 9]
+    assert ex.shown_steps(3, 8) == [0, 1, 2]
+    assert ex.shown_steps(100, 1) == [0]
+
+
+def test_trajectory_row_ends_with_the_sample(model):
+    eps_model, config, betas = model
+    x_T = ex.seed_latents([5], (3, 8, 8), "cpu")
+    row = ex.trajectory_row(eps_model, x_T, betas, steps=4, skip="uniform", show=3)
+    assert row.shape == (4, 3, 8, 8) and row.dtype == torch.uint8
+    spec = SamplerSpec(steps=4, skip="uniform", eta=0.0)
+    final = to_uint8(sample_batch(eps_model, betas, spec, [5], (3, 8, 8), "cpu"))
+    assert torch.equal(row[-1:], final)
+
+
+def test_table_cells_resume_and_render(tmp_path):
+    specs = ex.table_specs([2, 1000], [0.0, 1.0], True, "quad", 1000)
+    assert [ex.cell_key(s) for s in specs[:3]] == ["eta=0.0,S=2", "eta=1.0,S=2", "sigma_hat,S=2"]
+    assert specs[-1].skip == "uniform" and specs[-1].variance == "large"  # S = T: all steps
+    calls = []
+
+    def score(spec):
+        calls.append(ex.cell_key(spec))
+        return 10.0 * spec.steps + spec.eta
+
+    saved = []
+    record = ex.run_table(specs, score, {"settings": {"n": 4}}, saved.append, T=1000)
+    assert len(calls) == 6 and len(saved) == 6
+    assert record["cells"]["eta=1.0,S=2"]["fid"] == 21.0
+    assert record["cells"]["sigma_hat,S=1000"]["network_calls_per_image"] == 1000
+    (tmp_path / "table.json").write_text(json.dumps(record))
+    again = ex.resume_record(tmp_path / "table.json", {"n": 4})
+    ex.run_table(specs, score, again, saved.append, T=1000)
+    assert len(calls) == 6  # nothing recomputed
+    assert ex.resume_record(tmp_path / "table.json", {"n": 8})["cells"] == {}
+    md = ex.table_markdown(record)
+    assert "| η = 0.0 | 20.00 | 10000.00 (4.04) |" in md
+    assert "| σ̂ | 20.00 | 10000.00 (3.17) |" in md
+    ex.plot_fid_vs_steps(ex.table_series(record), tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size == (640, 420)
+
+
+def test_plot_uses_a_log_x_axis():
+    px = ex.plot_series({"a": [(10, 1.0), (100, 1.0), (1000, 2.0)]})["a"]
+    assert px[1][0] - px[0][0] == pytest.approx(px[2][0] - px[1][0], abs=1)
+    assert px[0][1] == px[1][1] > px[2][1]  # larger FID is higher on the image
+
+
+def test_paper_table_has_every_cell():
+    assert all(len(v) == len(ex.PAPER_STEPS) for v in ex.PAPER_TABLE1_CIFAR10.values())
+    assert ex.PAPER_TABLE1_CIFAR10["eta=0.0"][0] == 13.36
+    assert ex.PAPER_TABLE1_CIFAR10["sigma_hat"][-1] == 3.17
+
+
+# --- commands, end to end ----------------------------------------------------------------------
+
+
+def test_encode_command(tiny_checkpoint, data_npz, tmp_path):
+    out = tmp_path / "lat.npz"
+    argv = ["encode", "--ckpt", str(tiny_checkpoint), "--images", str(data_npz), "--n", "5",
+            "--steps", "2", "--batch", "3", "-o", str(out)]
+    assert main(argv) == 0
+    with np.load(out) as f:
+        assert f["latents"].shape == (5, 3, 8, 8) and f["latents"].dtype == np.float32
+        assert f["indices"].tolist() == [0, 1, 2, 3, 4]
+        settings = json.loads(str(f["settings"]))
+    assert settings["steps"] == 2 and settings["timesteps"] == [0, 500]
+
+
+def test_reconstruct_command(tiny_checkpoint, data_npz, tmp_path, capsys):
+    argv = ["reconstruct", "--ckpt", str(tiny_checkpoint), "--images", str(data_npz), "--n", "3",
+            "--steps", "1", "2", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    assert "| S | MSE |" in capsys.readouterr().out
+    record = json.loads((tmp_path / "reconstruct.json").read_text())
+    assert [r["steps"] for r in record["results"]] == [1, 2] and record["n"] == 3
+    assert (tmp_path / "reconstruct.md").exists()
+    assert Image.open(tmp_path / "reconstruct.png").size == (3 * 10 + 2, 3 * 10 + 2)
+
+
+def test_interpolate_seed_ends_equal_sample_images(tiny_checkpoint, tmp_path):
+    strip = tmp_path / "strip.png"
+    argv = ["interpolate", "--ckpt", str(tiny_checkpoint), "--seeds", "3", "7", "--num", "4",
+            "--steps", "3", "-o", str(strip)]
+    assert main(argv) == 0
+    grid = np.asarray(Image.open(strip))
+    assert grid.shape == (12, 42, 3)
+    for seed, col in [(3, 0), (7, 3)]:
+        out = tmp_path / f"s{seed}"
+        argv = ["sample", "--ckpt", str(tiny_checkpoint), "--seed", str(seed), "--n", "1",
+                "--steps", "3", "-o", str(out)]
+        assert main(argv) == 0
+        assert np.array_equal(np.load(out / "samples.npz")["arr_0"][0], cell(grid, 0, col))
+    assert json.loads(strip.with_suffix(".json").read_text())["seeds"] == [3, 7]
+
+
+def test_interpolate_images_from_files_and_dataset(tiny_checkpoint, data_npz, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    pixels = np.load(data_npz)["arr_0"]
+    Image.fromarray(pixels[0]).save(a)
+    Image.fromarray(pixels[1]).save(b)
+    common = ["interpolate", "--ckpt", str(tiny_checkpoint), "--num", "3", "--steps", "2"]
+    assert main([*common, "--images", str(a), str(b), "-o", str(tmp_path / "f.png")]) == 0
+    argv = [*common, "--images", str(data_npz), "--indices", "0", "1", "2", "3",
+            "-o", str(tmp_path / "d.png")]
+    assert main(argv) == 0
+    files = np.asarray(Image.open(tmp_path / "f.png"))
+    data = np.asarray(Image.open(tmp_path / "d.png"))
+    assert data.shape == (22, 32, 3)  # two pairs, two rows
+    assert np.array_equal(files, data[:12])  # the same two images, read two ways
+
+
+def test_trajectory_grid_shape(tiny_checkpoint, tmp_path):
+    out = tmp_path / "traj.png"
+    argv = ["trajectory", "--ckpt", str(tiny_checkpoint), "--seed", "1", "--steps", "2", "4",
+            "--show", "3", "-o", str(out)]
+    assert main(argv) == 0
+    # rows: S = 2 shows steps [0, 1] + final; S = 4 shows [0, 2, 3] + final → 4 columns
+    assert Image.open(out).size == (4 * 10 + 2, 2 * 10 + 2)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["shown_step_indices"] == {"2": [0, 1], "4": [0, 2, 3]}
+
+
+def fake_reference(path):
+    """A stats file that passes the compatibility check, made without running Inception."""
+    from ddim.fid import CONVENTION, FidStats, network_sha256, save_stats
+
+    stats = FidStats(np.zeros(4), np.eye(4), 10, network_sha256(), CONVENTION, "fake")
+    return save_stats(stats, path)
+
+
+def test_table_command_end_to_end_with_a_stub_scorer(tiny_checkpoint, tmp_path, monkeypatch):
+    import ddim.fid
+
+    scored = []
+
+    def stub_fid(images, ref, *, device, batch_size, total, **_):
+        batches = list(images)  # the generated uint8 batches, as Inception would read them
+        assert all(b.dtype == torch.uint8 and b.shape[1:] == (3, 8, 8) for b in batches)
+        scored.append(sum(len(b) for b in batches))
+        return float(torch.cat(batches).double().mean())
+
+    monkeypatch.setattr(ddim.fid, "compute_fid", stub_fid)
+    out, ref = tmp_path / "table", fake_reference(tmp_path / "ref.npz")
+    argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "3",
+            "--batch", "2", "--steps", "1", "2", "--etas", "0", "1", "--sigma-hat", "-o", str(out)]
+    assert main(argv) == 0
+    assert scored == [3] * 6
+    record = json.loads((out / "table.json").read_text())
+    assert len(record["cells"]) == 6 and record["settings"]["skip"] == "quad"  # tiny is CIFAR10
+    settings = record["settings"]
+    assert settings["reference"]["n"] == 10 and len(settings["reference"]["sha256"]) == 64
+    assert settings["weights"] == "ema" and settings["seeds"] == [0, 2] and not settings["bf16"]
+    assert record["cells"]["sigma_hat,S=2"]["sampler"]["variance"] == "large"
+    assert "| σ̂ |" in (out / "table.md").read_text()
+    assert Image.open(out / "fid_vs_steps.png").size == (640, 420)
+    assert main(argv) == 0 and scored == [3] * 6  # resumed: nothing recomputed
+    assert main([*argv[:-2], "--raw", "-o", str(out)]) == 0 and len(scored) == 12  # new weights
+
+
+@pytest.mark.slow
+def test_table_command_with_inception(tiny_checkpoint, data_npz, tmp_path):
+    from ddim.fid import compute_reference
+
+    # Inception costs ~0.1–2 s per image on a CPU, and each FID a 2048² eigen-decomposition:
+    # two reference images, one cell of two images
+    ref = tmp_path / "ref.npz"
+    real = torch.from_numpy(np.load(data_npz)["arr_0"][:2]).permute(0, 3, 1, 2)
+    compute_reference(real, ref, source="two random images", progress=False)
+    out = tmp_path / "table"
+    argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "2",
+            "--steps", "2", "--etas", "0", "-o", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "table.json").read_text())
+    assert set(record["cells"]) == {"eta=0.0,S=2"}
+    assert np.isfinite(record["cells"]["eta=0.0,S=2"]["fid"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["interpolate", "--images", "nope.png", "nope2.png"], "image not found: nope.png"),
+        (["interpolate", "--seeds", "1", "2", "--num", "1"], "--num must be >= 2, got 1"),
+        (["trajectory", "--steps", "0"], "steps must be between 1 and T = 1000, got 0"),
+        (["reconstruct", "--images", "missing_dir", "--steps", "2"], "dataset not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny_checkpoint, tmp_path, capsys, flags, message):
+    argv = [flags[0], "--ckpt", str(tiny_checkpoint), *flags[1:], "-o", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_bad_input_in_a_subprocess_has_no_traceback(tiny_checkpoint, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ddim", "encode", "--ckpt", str(tiny_checkpoint), "--images",
+         str(tmp_path / "none"), "--steps", "0", "-o", str(tmp_path / "l.npz")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "steps must be between 1 and T = 1000, got 0" in result.stderr
