@@ -17,3 +17,18 @@ def test_ci_runs_the_readme_test_command():
     command = readme_command("Test command")
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert command in ci_lines
+
+
+def test_every_command_has_help_with_an_example():
+    import subprocess
+    import sys
+
+    from ddim.cli import _command_modules
+
+    top = subprocess.run([sys.executable, "-m", "ddim", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0, top.stderr
+    for name in _command_modules():
+        out = subprocess.run([sys.executable, "-m", "ddim", name, "--help"], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, (name, out.stderr)
+        assert "example:" in out.stdout and f"ddim {name}" in out.stdout, name

@@ -126,9 +126,29 @@ def save_checkpoint(
         "tensors_sha256": tensors_sha256(tensors),
     }
     text_meta = {key: json.dumps(value) for key, value in meta.items()}
-    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=text_meta))
+    try:
+        atomic_write(path, lambda tmp: _save_tensors(tmp, tensors, text_meta))
+    except DdimError:  # e.g. the disk filled up: drop the companion that nothing names yet
+        if train_ref is not None and not _names_train_file(path, train_ref["file"]):
+            path.with_name(train_ref["file"]).unlink(missing_ok=True)
+        raise
     _remove_stale(path, keep=None if train_ref is None else train_ref["file"])
     return path
+
+
+def _save_tensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write `tensors` and their text metadata to `tmp` in the safetensors format."""
+    safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+
+
+def _names_train_file(path: Path, name: str) -> bool:
+    """Whether an existing weights file at `path` refers to the training-state file `name`."""
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            ref = json.loads((f.metadata() or {}).get("train_state", "null"))
+    except Exception:
+        return False
+    return isinstance(ref, dict) and ref.get("file") == name
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor], config: Config, what: str) -> dict:
@@ -196,9 +216,16 @@ def git_commit(directory: str | Path | None = None) -> str | None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write `path` through a temporary file in its directory: fsync, os.replace, fsync the dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `path` through a temporary file in its directory: fsync, os.replace, fsync the dir.
+
+    An OSError (disk full, no permission) removes the temporary file and becomes a DdimError;
+    the previous `path`, if any, is untouched.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise DdimError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -206,8 +233,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a read-only folder: the old file is intact
+            reason = error.strerror or _first_line(error)
+            message = f"cannot write {str(path)!r}: {reason}; the previous file is unchanged"
+            raise DdimError(message) from None
         raise
     _fsync_directory(path.parent)
 

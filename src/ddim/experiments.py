@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ddim.data import fit_image, to_model_range, to_uint8
 from ddim.errors import DdimError
 from ddim.generate import SamplerSpec
-from ddim.samplers import encode, generators_from_seeds, randn, sample, slerp
+from ddim.samplers import encode, generators_from_seeds, randn, reconstruct, sample, slerp
 from ddim.schedule import timesteps
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,6 +76,24 @@ def _batches(n: int, batch: int) -> Iterator[slice]:
 # --- encoding and reconstruction (Table 2) -----------------------------------------------------
 
 
+def _over_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    *,
+    batch: int,
+    device: torch.device | str,
+    progress: Callable[[int], None] | None,
+) -> torch.Tensor:
+    """`fn` applied to uint8 images batch by batch, in the model's range on `device`; on the CPU."""
+    out = []
+    for part in _batches(len(images), batch):
+        x_0 = to_model_range(images[part].to(device))
+        out.append(fn(x_0).cpu())
+        if progress is not None:
+            progress(len(x_0))
+    return torch.cat(out)
+
+
 def encode_images(
     eps_model: EpsModel,
     images: torch.Tensor,
@@ -88,13 +106,10 @@ def encode_images(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """x_T of uint8 images by the DDIM ODE run upward (eqs. 13/14), float32 on the CPU."""
-    out = []
-    for part in _batches(len(images), batch):
-        x_0 = to_model_range(images[part].to(device))
-        out.append(encode(eps_model, x_0, betas, steps=steps, skip=skip).cpu())
-        if progress is not None:
-            progress(len(x_0))
-    return torch.cat(out)
+    return _over_batches(
+        lambda x_0: encode(eps_model, x_0, betas, steps=steps, skip=skip),
+        images, batch=batch, device=device, progress=progress,
+    )
 
 
 def reconstruction_mse(x: torch.Tensor, x_rec: torch.Tensor) -> float:
@@ -115,14 +130,10 @@ def reconstruct_images(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Encode with S steps then decode with S steps, η = 0 (Table 2); float [−1, 1] on the CPU."""
-    out = []
-    for part in _batches(len(images), batch):
-        x_0 = to_model_range(images[part].to(device))
-        x_T = encode(eps_model, x_0, betas, steps=steps, skip=skip)
-        out.append(sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0).cpu())
-        if progress is not None:
-            progress(len(x_0))
-    return torch.cat(out)
+    return _over_batches(
+        lambda x_0: reconstruct(eps_model, x_0, betas, steps=steps, skip=skip),
+        images, batch=batch, device=device, progress=progress,
+    )
 
 
 def reconstruction_study(

@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _command_modules().items():
+        help_text = module.HELP.replace("%", "%%")  # argparse formats help strings with %
         sub = subparsers.add_parser(
             name,
-            help=module.HELP,
-            description=module.HELP,
+            help=help_text,
+            description=help_text,
             epilog=f"example:\n  {module.EXAMPLE}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -56,3 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # only running out of memory is handled; the rest re-raised
+        if not _is_out_of_memory(error):
+            raise
+        print(f"ddim {args.command}: error: {_out_of_memory_hint(args)}", file=sys.stderr)
+        return 2
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """True for host MemoryError and torch's (CUDA/MPS) OutOfMemoryError."""
+    torch = sys.modules.get("torch")
+    return isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
+
+
+def _out_of_memory_hint(args: argparse.Namespace) -> str:
+    """One line naming the batch size that did not fit and the option that makes it smaller."""
+    if hasattr(args, "batch"):
+        at = f" at batch size {args.batch}" if args.batch else ""
+        return f"out of memory{at}; try a smaller --batch"
+    return "out of memory; try a smaller batch (--set training.batch_size=N)"
