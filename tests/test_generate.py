@@ -113,6 +113,8 @@ def test_sample_command_rejects_bad_values(tiny_checkpoint, tmp_path):
         (["--eta", "-1"], "--eta must be >= 0, got -1.0"),
         (["--steps", "0"], "steps must be between 1 and T = 1000, got 0"),
         (["--n", "0"], "--n must be >= 1"),
+        (["--batch", "-1"], "--batch must be >= 1, got -1"),
+        (["--batch", "0"], "--batch must be >= 1, got 0"),
     ]:
         result = subprocess.run(
             [

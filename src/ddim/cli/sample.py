@@ -129,7 +129,9 @@ def run(args) -> int:
     spec = sampler_spec(args, config)
     betas = betas_of(config)
     calls = spec.network_calls(len(betas))
-    batch = args.batch or config.sampling.batch_size
+    batch = config.sampling.batch_size if args.batch is None else args.batch
+    if batch < 1:
+        raise DdimError(f"--batch must be >= 1, got {batch}")
     out = Path(args.out)
     seeds = list(range(args.seed, args.seed + args.n))
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
