@@ -232,6 +232,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
@@ -241,6 +242,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise DdimError(message) from None
         raise
     _fsync_directory(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -510,7 +518,7 @@ def model_from_checkpoint(
     with torch.device("meta"):
         net = UNet.from_config(checkpoint.model_config, checkpoint.image_size)
     net.load_state_dict(checkpoint.weights(use_ema), strict=True, assign=True)
-    return net.to(device).eval()
+    return net.to(device=device, dtype=torch.float32).eval()  # fp16-stored weights compute in fp32
 
 
 def load_model(

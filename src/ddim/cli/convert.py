@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--raw", action="store_true", help="export the raw weights instead of the EMA weights"
     )
     parser.add_argument(
+        "--half",
+        action="store_true",
+        help="ddim export: keep only the chosen weights (EMA unless --raw), stored as float16",
+    )
+    parser.add_argument(
         "--verify",
         action="store_true",
         help="diffusers export: load it with diffusers and compare outputs (needs diffusers)",
@@ -53,14 +58,22 @@ def run(args: argparse.Namespace) -> int:
             f"e.g. --config {CONFIG_NAMES[0]}"
         )
     if to == "ddim":
-        ema = None if args.raw else checkpoint.ema_state
+        model, ema = checkpoint.model_state, None if args.raw else checkpoint.ema_state
+        if args.half:
+            model = {k: v.half() for k, v in checkpoint.weights(use_ema=not args.raw).items()}
+            ema = None
         save_checkpoint(
             args.destination,
-            model_state=checkpoint.model_state,
+            model_state=model,
             ema_state=ema,
             config=checkpoint.config,
             step=checkpoint.step or 0,
-            extra_meta={"converted_from": str(args.source), "source_kind": checkpoint.kind},
+            extra_meta={
+                "converted_from": str(args.source),
+                "source_kind": checkpoint.kind,
+                "weights": "raw" if args.raw else "ema",
+                "float16": args.half,
+            },
         )
     else:
         export_diffusers(checkpoint, args.destination, use_ema=not args.raw)
