@@ -22,7 +22,10 @@ EXAMPLE = (
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--ckpt, --config, --raw, --device, --no-amp: shared by the commands that load a model."""
-    parser.add_argument("--ckpt", required=True, help="checkpoint: ours, official ckpt.pth, .ckpt")
+    parser.add_argument(
+        "--ckpt",
+        help="checkpoint: ours, official ckpt.pth, .ckpt (default: the bundled model, if any)",
+    )
     parser.add_argument("--config", help="config name/YAML for checkpoints that carry none")
     parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -80,12 +83,24 @@ def load_for_sampling(args):
     rank, world_size, device = distributed_context(
         torch.device(args.device) if args.device else None
     )
+    args.ckpt = args.ckpt or str(bundled_checkpoint())
     checkpoint = load_checkpoint(args.ckpt, config=args.config)
     net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
     config = checkpoint.config or config_for_foreign(checkpoint)
     amp = device.type == "cuda" and not args.no_amp
     eps_model = eps_model_for(net, amp=amp, channels_last=device.type == "cuda")
     return eps_model, config, device, amp, rank, world_size
+
+
+BUNDLED = "cifar10-16px.safetensors"
+
+
+def bundled_checkpoint() -> Path:
+    """The model that ships with the package (used when no --ckpt is given)."""
+    path = Path(__file__).resolve().parents[1] / "assets" / BUNDLED
+    if not path.is_file():
+        raise DdimError("no --ckpt given, and this installation has no bundled model")
+    return path
 
 
 def config_for_foreign(checkpoint):
