@@ -28,7 +28,30 @@ def test_every_command_has_help_with_an_example():
     top = subprocess.run([sys.executable, "-m", "ddim", "--help"], capture_output=True, text=True)
     assert top.returncode == 0, top.stderr
     for name in _command_modules():
-        out = subprocess.run([sys.executable, "-m", "ddim", name, "--help"], capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "ddim", name, "--help"], capture_output=True, text=True
+        )
         assert out.returncode == 0, (name, out.stderr)
         assert "example:" in out.stdout and f"ddim {name}" in out.stdout, name
+
+
+def test_readme_main_job_runs_at_reduced_size(tmp_path, monkeypatch):
+    """The README's main-job command, run as written except for the demo's sizes."""
+    import shlex
+
+    from test_demo import SMALL
+
+    import ddim.demo
+    from ddim.cli import main
+
+    line = readme_command("Main job")
+    assert line.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install")
+    argv = shlex.split(line.split("&& ")[-1])
+    assert argv[:2] == ["ddim", "demo"]
+    monkeypatch.setattr(
+        ddim.demo, "DemoSettings", lambda **kw: type(SMALL)(**{**vars(SMALL), **kw})
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv[1:], "--steps", "2", "--no-progress"]) == 0
+    out = tmp_path / argv[argv.index("-o") + 1]
+    assert (out / "report.html").exists() and (out / "report.md").exists()
