@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Run the chosen benchmarks and print a table."""
     from ddim.bench import as_rows, bench_sampling, bench_training
+    from ddim.cli.train import data_overrides
     from ddim.config import apply_overrides, load_config
     from ddim.train import load_training_images
 
@@ -61,9 +62,7 @@ def run(args) -> int:
     if "train" in args.what:
         images = None
         if args.data:
-            overrides = [f"data.path={Path(args.data).resolve()}"]
-            if args.subdir:
-                overrides.append(f"data.subdir={args.subdir}")
+            overrides = data_overrides(args.data, args.subdir)
             images = load_training_images(apply_overrides(config, overrides))
         results += bench_training(
             config,

@@ -50,6 +50,23 @@ def dataset_images(args, config):
     return take_images(dataset, indices), indices
 
 
+def load_ode_run(args):
+    """(eps_model, config, device, amp, betas, steps, skip, seqs) for the commands that decode one
+    input at several S (`reconstruct`, `trajectory`); every S is validated before any work."""
+    from ddim.cli.sample import load_for_sampling
+    from ddim.generate import betas_of
+    from ddim.schedule import timesteps
+
+    if args.show < 1:
+        raise DdimError(f"--show must be >= 1, got {args.show}")
+    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    betas = betas_of(config)
+    steps = [config.sampling.steps] if args.steps is None else args.steps
+    skip = args.skip or config.sampling.skip
+    seqs = [timesteps(len(betas), S, skip) for S in steps]
+    return eps_model, config, device, amp, betas, steps, skip, seqs
+
+
 def model_record(args, config, device, amp) -> dict:
     """What identifies the model run: checkpoint + hash, EMA or raw, device, bf16."""
     from ddim.generate import file_sha256

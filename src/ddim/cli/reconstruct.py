@@ -32,22 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Reconstruct --n images at each S; print and write the MSE table, JSON record and grid."""
-    from ddim.cli.encode import dataset_images, model_record
-    from ddim.cli.sample import load_for_sampling
-    from ddim.errors import DdimError
+    from ddim.cli.encode import dataset_images, load_ode_run, model_record
     from ddim.experiments import reconstruction_markdown, reconstruction_study
-    from ddim.generate import betas_of
     from ddim.images import save_grid
-    from ddim.schedule import timesteps
 
-    if args.show < 1:
-        raise DdimError(f"--show must be >= 1, got {args.show}")
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas = betas_of(config)
-    steps = [config.sampling.steps] if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    for S in steps:
-        timesteps(len(betas), S, skip)  # validates every S before any work
+    eps_model, config, device, amp, betas, steps, skip, _ = load_ode_run(args)
     images, indices = dataset_images(args, config)
     with tqdm(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
         rows, recs = reconstruction_study(

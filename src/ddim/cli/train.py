@@ -54,12 +54,13 @@ def resolve_config(args):
         config = load_checkpoint(latest_checkpoint(args.resume)).config
     else:
         config = load_config(args.config)
-    overrides = list(args.set)
-    if args.data:
-        overrides.append(f"data.path={Path(args.data).resolve()}")
-    if args.subdir:
-        overrides.append(f"data.subdir={args.subdir}")
-    return apply_overrides(config, overrides)
+    return apply_overrides(config, [*args.set, *data_overrides(args.data, args.subdir)])
+
+
+def data_overrides(data: str | None, subdir: str | None) -> list[str]:
+    """`data.path` and `data.subdir` overrides from --data and --subdir (the path made absolute)."""
+    overrides = [f"data.path={Path(data).resolve()}"] if data else []
+    return overrides + ([f"data.subdir={subdir}"] if subdir else [])
 
 
 def run(args) -> int:

@@ -31,21 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Decode the seed's x_T at each S and write the grid and a JSON record."""
-    from ddim.cli.encode import model_record
-    from ddim.cli.sample import load_for_sampling
-    from ddim.errors import DdimError
+    from ddim.cli.encode import load_ode_run, model_record
     from ddim.experiments import pad_rows, seed_latents, shown_steps, trajectory_row
-    from ddim.generate import betas_of
     from ddim.images import save_grid
-    from ddim.schedule import timesteps
 
-    if args.show < 1:
-        raise DdimError(f"--show must be >= 1, got {args.show}")
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas = betas_of(config)
-    steps = [config.sampling.steps] if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    seqs = [timesteps(len(betas), S, skip) for S in steps]  # validates every S first
+    eps_model, config, device, amp, betas, steps, skip, seqs = load_ode_run(args)
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     x_T = seed_latents([args.seed], shape, device)
     rows = [trajectory_row(eps_model, x_T, betas, steps=S, skip=skip, show=args.show)
