@@ -279,7 +279,8 @@ def test_inputs_tried():
 @pytest.mark.parametrize(
     ("command", "error", "hint"),
     [
-        (["sample", "--ckpt", "x", "--batch", "512"], "cuda", "at batch size 512; try a smaller"),
+        (["sample", "--ckpt", "x", "--batch", "512"], "cuda",
+         "at batch size 512; try a smaller --batch, e.g. 256"),
         (["sample", "--ckpt", "x"], "host", "out of memory; try a smaller --batch"),
         (["train", "--data", "x"], "cuda", "--set training.batch_size=N"),
     ],

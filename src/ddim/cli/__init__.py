@@ -73,6 +73,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def _out_of_memory_hint(args: argparse.Namespace) -> str:
     """One line naming the batch size that did not fit and the option that makes it smaller."""
     if hasattr(args, "batch"):
-        at = f" at batch size {args.batch}" if args.batch else ""
-        return f"out of memory{at}; try a smaller --batch"
+        if args.batch:
+            half = max(1, args.batch // 2)
+            return f"out of memory at batch size {args.batch}; try a smaller --batch, e.g. {half}"
+        return "out of memory; try a smaller --batch"
     return "out of memory; try a smaller batch (--set training.batch_size=N)"
