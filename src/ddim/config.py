@@ -40,9 +40,8 @@ from typing import Any, Literal
 import yaml
 
 from ddim.errors import DdimError
+from ddim.schedule import BetaSchedule, Skip
 
-BetaSchedule = Literal["linear", "quad", "const", "jsd", "sigmoid", "cosine"]
-Skip = Literal["uniform", "quad", "trailing"]
 CONFIG_NAMES: tuple[str, ...] = ("cifar10", "celeba", "church", "bedroom", "tiny")
 
 

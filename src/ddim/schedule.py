@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -21,8 +21,8 @@ from ddim.errors import DdimError
 
 BetaSchedule = Literal["linear", "quad", "const", "jsd", "sigmoid", "cosine"]
 Skip = Literal["uniform", "quad", "trailing"]
-BETA_SCHEDULES: tuple[str, ...] = ("linear", "quad", "const", "jsd", "sigmoid", "cosine")
-SKIP_KINDS: tuple[str, ...] = ("uniform", "quad", "trailing")
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+SKIP_KINDS: tuple[str, ...] = get_args(Skip)
 
 
 def make_betas(
