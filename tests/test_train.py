@@ -256,3 +256,13 @@ def test_dry_run_prints_the_resolved_config(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "lr: 0.0001" in out.stdout and "ch: 128" in out.stdout
+
+
+def test_device_resolution_gives_cuda_an_index():
+    from ddim.train import resolve_device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_device(cuda, 3, True) == torch.device("cuda", 3)  # set_device needs an index
+    assert resolve_device(torch.device("cuda", 1), 3, True) == torch.device("cuda", 1)
+    assert resolve_device(None, 2, True) == torch.device("cuda", 2)
+    assert resolve_device(None, 0, False) == cpu and resolve_device(cpu, 0, True) == cpu

@@ -112,12 +112,22 @@ def make_optimizer(config: Config, net: torch.nn.Module, device: torch.device):
 # --- distributed -------------------------------------------------------------------------------
 
 
+def resolve_device(
+    device: torch.device | None, local_rank: int, cuda_available: bool
+) -> torch.device:
+    """The device to use: this rank's GPU by default, and "cuda" without an index means it too."""
+    if device is None:
+        return torch.device("cuda", local_rank) if cuda_available else torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank)
+    return device
+
+
 def distributed_context(device: torch.device | None) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; joins the process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device, local_rank, torch.cuda.is_available())
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
