@@ -22,7 +22,7 @@ from ddim.data import infinite_batches, to_uint8
 from ddim.generate import betas_of, eps_model_for
 from ddim.samplers import sample
 from ddim.schedule import alpha_bars, timesteps
-from ddim.train import _train_step, make_optimizer
+from ddim.train import _train_step, init_training
 from ddim.unet import UNet, reference_init_
 
 
@@ -144,12 +144,8 @@ def bench_training(
     for name, amp, use_compile in (("fp32 eager", False, False), ("fast", True, compile)):
         if device.type != "cuda" and amp:
             amp = False
-        torch.manual_seed(0)
-        net = reference_init_(UNet.from_config(config.model, size)).to(device)
-        ema = copy.deepcopy(net).requires_grad_(False)
+        net, ema, optimizer, generator = init_training(config, device)
         model = torch.compile(net) if use_compile else net
-        optimizer = make_optimizer(config, net, device)
-        generator = torch.Generator(device=device).manual_seed(0)
         batches = infinite_batches(images, batch, seed=0)
         state = {"step": 0}
 

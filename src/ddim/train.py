@@ -34,10 +34,11 @@ from ddim.checkpoint import keep_last, load_checkpoint, save_checkpoint
 from ddim.config import Config, dump_config
 from ddim.data import infinite_batches, load_all, open_dataset, to_uint8
 from ddim.errors import DdimError
+from ddim.generate import betas_of
 from ddim.images import save_grid
 from ddim.loss import simple_loss, training_timesteps
 from ddim.samplers import sample
-from ddim.schedule import alpha_bars, make_betas
+from ddim.schedule import alpha_bars
 from ddim.unet import UNet, reference_init_
 
 CHECKPOINT_GLOB = "ckpt-*.safetensors"
@@ -107,6 +108,19 @@ def make_optimizer(config: Config, net: torch.nn.Module, device: torch.device):
         weight_decay=t.weight_decay,
         fused=device.type == "cuda",
     )
+
+
+def init_training(config: Config, device: torch.device):
+    """(network, EMA copy, optimiser, noise generator) at step 0, seeded by `training.seed`."""
+    torch.manual_seed(config.training.seed)  # initial weights and dropout follow the seed
+    net = UNet.from_config(config.model, config.data.image_size)
+    if config.training.init == "reference":
+        reference_init_(net)
+    net = net.to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = make_optimizer(config, net, device)
+    generator = torch.Generator(device=device).manual_seed(config.training.seed)
+    return net, ema, optimizer, generator
 
 
 # --- distributed -------------------------------------------------------------------------------
@@ -218,14 +232,7 @@ def train(
     sample_every = checkpoint_every if sample_every is None else sample_every
     end = min(max_steps or t_cfg.n_iters, t_cfg.n_iters)
 
-    torch.manual_seed(t_cfg.seed)  # initial weights and dropout follow the config's seed
-    net = UNet.from_config(config.model, config.data.image_size)
-    if t_cfg.init == "reference":
-        reference_init_(net)
-    net = net.to(device)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = make_optimizer(config, net, device)
-    generator = torch.Generator(device=device).manual_seed(t_cfg.seed)
+    net, ema, optimizer, generator = init_training(config, device)
     step = 0
     if resume is not None:
         step = _restore(latest_checkpoint(resume), net, ema, optimizer, generator)
@@ -251,7 +258,7 @@ def train(
         start_step=step,
     )
     writer = _Writer(run_dir, config, rank == 0, progress, start=step, end=end)
-    alpha_bar = alpha_bars(make_betas(**_schedule_args(config))).to(device, torch.float32)
+    alpha_bar = alpha_bars(betas_of(config)).to(device, torch.float32)
     x_T = torch.randn(
         (min(64, t_cfg.batch_size), config.model.in_channels, *(config.data.image_size,) * 2),
         generator=torch.Generator().manual_seed(t_cfg.seed + 1),
@@ -302,17 +309,6 @@ def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_ever
         if value is not None and value < least:
             flag = "--" + name.replace("_", "-")
             raise DdimError(f"{name} ({flag}) must be >= {least}, got {value}")
-
-
-def _schedule_args(config: Config) -> dict:
-    """`make_betas` keyword arguments from the diffusion section."""
-    d = config.diffusion
-    return dict(
-        kind=d.beta_schedule,
-        num_timesteps=d.num_diffusion_timesteps,
-        beta_start=d.beta_start,
-        beta_end=d.beta_end,
-    )
 
 
 def _train_step(
@@ -406,7 +402,7 @@ def _sample_grid(run_dir: Path, config: Config, ema, x_T, step: int, amp: bool) 
     s = config.sampling
     with torch.autocast(x_T.device.type, dtype=torch.bfloat16, enabled=amp):
         x_0 = sample(
-            ema, x_T, make_betas(**_schedule_args(config)), steps=s.steps, skip=s.skip, eta=s.eta
+            ema, x_T, betas_of(config), steps=s.steps, skip=s.skip, eta=s.eta
         )
     save_grid(to_uint8(x_0), run_dir / "samples" / f"step-{step:08d}.png")
 
