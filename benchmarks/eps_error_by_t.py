@@ -1,10 +1,13 @@
-"""ε-prediction error of a checkpoint at several t, beside the trivial predictor ε̂ = x_t.
+"""ε-prediction error of checkpoints on held-out images: per t, beside the trivial ε̂ = x_t, and
+averaged over a uniform grid of t (an estimate of the simple loss L_simple on unseen data).
 
 At large t, x_t ≈ ε, so ε̂ = x_t is nearly optimal; a network whose error there is far above it
 makes DDIM's x0 prediction, (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t, wrong by about √(mse (1 − ᾱ_t)/ᾱ_t), which
-saturates deterministic samples while DDPM's clipping hides it. Usage:
+saturates deterministic samples while DDPM's clipping hides it. Every checkpoint sees the same
+images, t and ε, so their numbers compare directly (training runs at equal CPU hours, say).
+Usage:
 
-    python benchmarks/eps_error_by_t.py CKPT DATA [--subdir test] [--n 256] [--raw]
+    python benchmarks/eps_error_by_t.py CKPT [CKPT ...] --data DATA [--subdir test] [--n 256]
 """
 
 import argparse
@@ -17,32 +20,54 @@ from ddim.generate import betas_of
 from ddim.schedule import alpha_bars
 
 
+def eps_mse(net, x_0: torch.Tensor, alpha_bar: torch.Tensor, t: int, seed: int) -> tuple:
+    """(network ε-MSE, trivial ε̂ = x_t MSE) at timestep t for fixed noise drawn from `seed`."""
+    a = float(alpha_bar[t])
+    eps = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
+    x_t = a**0.5 * x_0 + (1 - a) ** 0.5 * eps
+    with torch.no_grad():
+        pred = torch.cat([net(x, torch.full((len(x),), t)) for x in x_t.split(128)])
+    return (pred - eps).square().mean().item(), (x_t - eps).square().mean().item()
+
+
+def report(path: str, x_0: torch.Tensor, args) -> None:
+    """Print one checkpoint's per-t table and its grid average."""
+    checkpoint = load_checkpoint(path)
+    net = model_from_checkpoint(checkpoint, use_ema=not args.raw)
+    alpha_bar = alpha_bars(betas_of(checkpoint.config))
+    T = len(alpha_bar)
+    state = checkpoint.load_train_state() or {}
+    cpu = state.get("cpu_seconds")
+    batch = checkpoint.config.training.batch_size
+    grid = [int((k + 0.5) * T / args.grid) for k in range(args.grid)]
+    mean = sum(eps_mse(net, x_0, alpha_bar, t, seed=t)[0] for t in grid) / len(grid)
+    print(f"\n{path}: step {checkpoint.step}, {checkpoint.step * batch:,} images seen, "
+          + (f"{cpu / 3600:.2f} CPU hours, " if cpu is not None else "")
+          + f"{'raw' if args.raw else 'EMA'} weights, {len(x_0)} images")
+    print(f"ε-MSE averaged over {args.grid} evenly spaced t (≈ L_simple): {mean:.5f}\n")
+    print("| t | network ε-MSE | ε̂ = x_t MSE | x0 error (rms) |")
+    print("| --- | --- | --- | --- |")
+    for t in args.t:
+        mse, trivial = eps_mse(net, x_0, alpha_bar, t, seed=t)
+        a = float(alpha_bar[t])
+        print(f"| {t} | {mse:.2e} | {trivial:.2e} | {(mse * (1 - a) / a) ** 0.5:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ckpt")
-    parser.add_argument("data")
+    parser.add_argument("ckpt", nargs="+")
+    parser.add_argument("--data", required=True, help="held-out images (folder, zip, .npz)")
     parser.add_argument("--subdir")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     parser.add_argument("--t", type=int, nargs="+", default=[999, 950, 800, 500, 200, 50])
+    parser.add_argument("--grid", type=int, default=20, help="t values in the average")
     args = parser.parse_args()
-    checkpoint = load_checkpoint(args.ckpt)
-    net = model_from_checkpoint(checkpoint, use_ema=not args.raw)
-    size = checkpoint.image_size
+    size = load_checkpoint(args.ckpt[0]).image_size
     data = open_dataset(args.data, subdir=args.subdir, resolution=size)
     x_0 = to_model_range(torch.stack([data[i] for i in range(min(args.n, len(data)))]))
-    alpha_bar = alpha_bars(betas_of(checkpoint.config))
-    g = torch.Generator().manual_seed(0)
-    print("| t | network ε-MSE | ε̂ = x_t MSE | x0 error (rms) |")
-    print("| --- | --- | --- | --- |")
-    for t in args.t:
-        a = float(alpha_bar[t])
-        eps = torch.randn(x_0.shape, generator=g)
-        x_t = a**0.5 * x_0 + (1 - a) ** 0.5 * eps
-        with torch.no_grad():
-            mse = (net(x_t, torch.full((len(x_0),), t)) - eps).square().mean().item()
-        trivial = (x_t - eps).square().mean().item()
-        print(f"| {t} | {mse:.2e} | {trivial:.2e} | {(mse * (1 - a) / a) ** 0.5:.2f} |")
+    for path in args.ckpt:
+        report(path, x_0, args)
 
 
 if __name__ == "__main__":

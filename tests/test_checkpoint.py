@@ -26,7 +26,7 @@ from ddim.checkpoint import (
     save_checkpoint,
     tensors_sha256,
 )
-from ddim.config import load_config
+from ddim.config import apply_overrides, load_config
 from ddim.errors import DdimError
 from ddim.unet import UNet
 
@@ -246,8 +246,10 @@ def test_saving_again_replaces_the_training_state(tmp_path, config):
 
 
 def official_states(config, prefix="module."):
-    """The list the official runner torch.saves as ckpt.pth: model, optimiser, epoch, step, EMA."""
-    net, ema, optimizer = trained(config)
+    """The list the official runner torch.saves as ckpt.pth: model, optimiser, epoch, step, EMA.
+
+    Official networks use 32 GroupNorm groups, whatever the packaged config's count."""
+    net, ema, optimizer = trained(apply_overrides(config, ["model.num_groups=32"]))
     model = {prefix + k: v for k, v in net.state_dict().items()}
     return net, ema, [model, optimizer.state_dict(), 3, 1200, dict(ema.named_parameters())]
 

@@ -192,7 +192,8 @@ def test_from_dict_fills_defaults_and_converts_ints_to_floats():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.ch=48", "multiple of 32"),
+        ("model.ch=48", "multiple of model.num_groups=32"),
+        ("model.num_groups=0", "model.num_groups"),
         ("model.out_ch=6", "model.out_ch"),
         ("data.image_size=30", "data.image_size"),
         ("data.channels=1", "data.channels"),

@@ -47,7 +47,13 @@ CONFIG_NAMES: tuple[str, ...] = ("cifar10", "celeba", "church", "bedroom", "tiny
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The DDPM U-Net (Ho et al. 2020, App. B); names and meanings as in the official `model:`."""
+    """The DDPM U-Net (Ho et al. 2020, App. B); names and meanings as in the official `model:`.
+
+    `num_groups` (not an official key) is the GroupNorm group count: 32 in DDPM and every
+    official config. Narrow networks need fewer: with one channel per group the last norm removes
+    each channel's mean, and the network cannot predict the per-image mean of ε (docs/training.md).
+    Every channel count, ch · ch_mult[i], must be a multiple of it.
+    """
 
     type: Literal["simple"] = "simple"
     in_channels: int = 3
@@ -61,21 +67,23 @@ class ModelConfig:
     ema_rate: float = 0.9999
     ema: bool = True
     resamp_with_conv: bool = True
+    num_groups: int = 32
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        _require(
-            self.ch > 0 and self.ch % 32 == 0,
-            "model.ch",
-            self.ch,
-            "a positive multiple of 32 (GroupNorm uses 32 groups)",
-        )
+        _require(self.num_groups >= 1, "model.num_groups", self.num_groups, ">= 1")
         _require(
             len(self.ch_mult) > 0 and min(self.ch_mult) > 0,
             "model.ch_mult",
             self.ch_mult,
             "a non-empty list of positive integers",
+        )
+        _require(
+            self.ch > 0 and self.ch % self.num_groups == 0,
+            "model.ch",
+            self.ch,
+            f"a positive multiple of model.num_groups={self.num_groups} (GroupNorm groups)",
         )
         _require(self.num_res_blocks >= 1, "model.num_res_blocks", self.num_res_blocks, ">= 1")
         _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
@@ -140,7 +148,9 @@ class TrainingConfig:
     `antithetic` pairs each t with T − 1 − t in a batch (the official DDIM code);
     `init` is DDPM's TF initialisation (`reference`, see `ddim.unet.reference_init_`) or PyTorch's
     default (`pytorch`, the official DDIM code);
-    `ema_halflife_kimg`, when set, replaces `model.ema_rate` by 0.5^(batch / (1000 · half-life)).
+    `ema_halflife_kimg`, when set, replaces `model.ema_rate` by 0.5^(batch / (1000 · half-life));
+    `ema_rampup_ratio` r, when set, caps the half-life at r times the images seen (EDM), so the
+    EMA of a short run averages its recent weights, not its initial ones (`ddim.train.ema_decay`).
     """
 
     batch_size: int = 128
@@ -153,6 +163,7 @@ class TrainingConfig:
     antithetic: bool = False
     init: Literal["reference", "pytorch"] = "reference"
     ema_halflife_kimg: float | None = None
+    ema_rampup_ratio: float | None = None
     seed: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -170,12 +181,9 @@ class TrainingConfig:
             self.grad_clip,
             "> 0 or null",
         )
-        _require(
-            self.ema_halflife_kimg is None or self.ema_halflife_kimg > 0,
-            "training.ema_halflife_kimg",
-            self.ema_halflife_kimg,
-            "> 0 or null",
-        )
+        for key in ("ema_halflife_kimg", "ema_rampup_ratio"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"training.{key}", value, "> 0 or null")
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ def diffusers_unet_config(model: ModelConfig, image_size: int) -> dict[str, Any]
         "downsample_padding": 0,
         "act_fn": "silu",
         "attention_head_dim": None,
-        "norm_num_groups": 32,
+        "norm_num_groups": model.num_groups,
         "norm_eps": 1e-6,
         "dropout": model.dropout,
         "resnet_time_scale_shift": "default",
@@ -273,7 +273,6 @@ _REQUIRED_UNET = {
     "center_input_sample": (False, False),
     "downsample_padding": (0, 1),
     "act_fn": ("silu", "silu"),
-    "norm_num_groups": (32, 32),
     "norm_eps": (1e-6, 1e-5),
     "resnet_time_scale_shift": ("default", "default"),
     "mid_block_scale_factor": (1, 1),
@@ -313,6 +312,7 @@ def model_config_from_diffusers(unet: dict[str, Any], source: str) -> tuple[Mode
         num_res_blocks=layers,
         attn_resolutions=tuple(image_size // 2**i for i, a in enumerate(attn) if a),
         dropout=float(unet.get("dropout", 0.0)),
+        num_groups=int(unet.get("norm_num_groups", 32)),
     )
     return model, image_size
 

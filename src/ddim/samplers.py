@@ -195,14 +195,20 @@ def walk(
     generator: Generator = None,
     clip_x0: bool = False,
 ) -> Iterator[Step]:
-    """Apply eq. 12 along `plan`, yielding each step's x and x0_pred (on the device, not copied)."""
+    """Apply eq. 12 along `plan`, yielding each step's x and x0_pred (on the device, not copied).
+
+    No autograd graph is kept, whatever the model: each step runs under `torch.no_grad()`, so a
+    network with trainable weights holds one step's activations at a time, not all S steps'.
+    """
+    x = x.detach()
     for index, step in enumerate(plan):
-        t = torch.full((x.shape[0],), step.t_model, device=x.device, dtype=torch.long)
-        eps = eps_model(x, t)
-        noise = None
-        if step.noise_sigma > 0:
-            noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        x, x0_pred = generalized_step(x, eps, step, noise, clip_x0=clip_x0)
+        with torch.no_grad():
+            t = torch.full((x.shape[0],), step.t_model, device=x.device, dtype=torch.long)
+            eps = eps_model(x, t)
+            noise = None
+            if step.noise_sigma > 0:
+                noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
+            x, x0_pred = generalized_step(x, eps, step, noise, clip_x0=clip_x0)
         yield Step(index, step.t_from, step.t_to, x, x0_pred)
 
 

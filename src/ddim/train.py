@@ -20,19 +20,18 @@ import contextlib
 import copy
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ddim.checkpoint import keep_last, load_checkpoint, save_checkpoint
 from ddim.config import Config, dump_config
 from ddim.data import infinite_batches, load_all, open_dataset, to_uint8
+from ddim.device import distributed_context, native_bf16
 from ddim.errors import DdimError
 from ddim.generate import betas_of
 from ddim.images import save_grid
@@ -75,12 +74,28 @@ def latest_checkpoint(path: str | Path) -> Path:
 # --- pieces of a step --------------------------------------------------------------------------
 
 
-def ema_decay(config: Config) -> float:
-    """Per-step EMA decay: `model.ema_rate`, or from a half-life in thousands of images (EDM)."""
-    halflife = config.training.ema_halflife_kimg
-    if halflife is None:
-        return config.model.ema_rate
-    return 0.5 ** (config.training.batch_size / (halflife * 1000))
+def ema_decay(config: Config, step: int = 0) -> float:
+    """EMA decay for the update made at `step` (0-based).
+
+    The base half-life is `training.ema_halflife_kimg` thousand images, or the one that
+    `model.ema_rate` per step implies. With `training.ema_rampup_ratio` r (EDM, Karras et al.
+    2022), the half-life is at most r times the images seen so far, so that early on the EMA
+    follows the young network instead of averaging in the initial weights:
+    decay = 0.5 ^ (batch / min(half-life, r · images seen)).
+    """
+    t = config.training
+    rate = config.model.ema_rate
+    if t.ema_halflife_kimg is None and t.ema_rampup_ratio is None:
+        return rate
+    if t.ema_halflife_kimg is not None:
+        halflife = t.ema_halflife_kimg * 1000
+    elif 0 < rate < 1:
+        halflife = t.batch_size * math.log(0.5) / math.log(rate)
+    else:
+        return rate  # 0 copies the network, 1 never moves: no half-life to ramp up
+    if t.ema_rampup_ratio is not None:
+        halflife = min(halflife, t.ema_rampup_ratio * (step + 1) * t.batch_size)
+    return 0.5 ** (t.batch_size / max(halflife, 1e-8))
 
 
 @torch.no_grad()
@@ -121,32 +136,6 @@ def init_training(config: Config, device: torch.device):
     optimizer = make_optimizer(config, net, device)
     generator = torch.Generator(device=device).manual_seed(config.training.seed)
     return net, ema, optimizer, generator
-
-
-# --- distributed -------------------------------------------------------------------------------
-
-
-def resolve_device(
-    device: torch.device | None, local_rank: int, cuda_available: bool
-) -> torch.device:
-    """The device to use: this rank's GPU by default, and "cuda" without an index means it too."""
-    if device is None:
-        return torch.device("cuda", local_rank) if cuda_available else torch.device("cpu")
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank)
-    return device
-
-
-def distributed_context(device: torch.device | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; joins the process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device, local_rank, torch.cuda.is_available())
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world_size, device
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -211,7 +200,8 @@ def train(
     device            default: this rank's CUDA device if any, else the CPU
     resume            a checkpoint file or run directory to continue exactly from
     max_steps         stop at this step in this session (default `training.n_iters`)
-    amp               bf16 autocast for the network; default on for CUDA
+    amp               bf16 autocast for the network; default on where bf16 is native (CUDA, and
+                      CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`)
     compile           torch.compile the network
     checkpoint_every  steps between checkpoints (default `training.snapshot_freq`)
     keep              checkpoints kept on disk (the newest)
@@ -227,15 +217,15 @@ def train(
         raise DdimError(
             f"training.batch_size={t_cfg.batch_size} is not divisible by {world_size} ranks"
         )
-    amp = device.type == "cuda" if amp is None else amp
+    amp = native_bf16(device) if amp is None else amp
     checkpoint_every = checkpoint_every or t_cfg.snapshot_freq
     sample_every = checkpoint_every if sample_every is None else sample_every
     end = min(max_steps or t_cfg.n_iters, t_cfg.n_iters)
 
     net, ema, optimizer, generator = init_training(config, device)
-    step = 0
+    step, cpu_seconds = 0, 0.0
     if resume is not None:
-        step = _restore(latest_checkpoint(resume), net, ema, optimizer, generator)
+        step, cpu_seconds = _restore(latest_checkpoint(resume), net, ema, optimizer, generator)
     model = net
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -257,7 +247,7 @@ def train(
         world_size=world_size,
         start_step=step,
     )
-    writer = _Writer(run_dir, config, rank == 0, progress, start=step, end=end)
+    writer = _Writer(run_dir, config, rank == 0, progress, start=step, end=end, cpu=cpu_seconds)
     alpha_bar = alpha_bars(betas_of(config)).to(device, torch.float32)
     x_T = torch.randn(
         (min(64, t_cfg.batch_size), config.model.in_channels, *(config.data.image_size,) * 2),
@@ -288,7 +278,8 @@ def train(
                 writer.flush(step)
             if step % checkpoint_every == 0 or step == end or stop.signal is not None:
                 writer.flush(step)
-                last = _save(run_dir, config, step, net, ema, optimizer, generator, keep, rank)
+                state = (optimizer, generator, writer.cpu_seconds())
+                last = _save(run_dir, config, step, net, ema, state, keep, rank)
             if sample_every and step % sample_every == 0 and rank == 0:
                 _sample_grid(run_dir, config, ema, x_T, step, amp)
     writer.close()
@@ -349,14 +340,17 @@ def _train_step(
     if config.training.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.training.grad_clip, foreach=True)
     optimizer.step()
-    ema_update(ema, net, ema_decay(config))
+    ema_update(ema, net, ema_decay(config, step))
     return loss.detach()
 
 
-def _save(run_dir, config, step, net, ema, optimizer, generator, keep, rank) -> Path | None:
-    """Write an atomic checkpoint with the full training state (rank 0), keep the newest `keep`."""
+def _save(run_dir, config, step, net, ema, state, keep, rank) -> Path | None:
+    """Write an atomic checkpoint with the full training state (rank 0), keep the newest `keep`.
+
+    `state` is (optimizer, noise generator, CPU seconds spent on the run so far)."""
     if rank != 0:
         return None
+    optimizer, generator, cpu_seconds = state
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         raise DdimError(f"non-finite weights at step {step}; not overwriting earlier checkpoints")
     train_state = {
@@ -365,6 +359,7 @@ def _save(run_dir, config, step, net, ema, optimizer, generator, keep, rank) -> 
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "step": step,
+        "cpu_seconds": float(cpu_seconds),
     }
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -380,8 +375,9 @@ def _save(run_dir, config, step, net, ema, optimizer, generator, keep, rank) -> 
     return path
 
 
-def _restore(path: Path, net, ema, optimizer, generator) -> int:
-    """Load weights, EMA and training state from `path`; return the step to continue from."""
+def _restore(path: Path, net, ema, optimizer, generator) -> tuple[int, float]:
+    """Load weights, EMA and training state from `path`; return the step to continue from and
+    the CPU seconds spent before it."""
     checkpoint = load_checkpoint(path)
     state = checkpoint.load_train_state()
     if state is None:
@@ -393,7 +389,7 @@ def _restore(path: Path, net, ema, optimizer, generator) -> int:
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("cpu_seconds", 0.0))
 
 
 @torch.no_grad()
@@ -410,11 +406,14 @@ def _sample_grid(run_dir: Path, config: Config, ema, x_T, step: int, amp: bool) 
 class _Writer:
     """Progress bar, metrics.jsonl and (if installed) TensorBoard, on rank 0 only."""
 
-    def __init__(self, run_dir: Path, config: Config, active: bool, progress: bool, start, end):
+    def __init__(
+        self, run_dir: Path, config: Config, active: bool, progress: bool, start, end, cpu=0.0
+    ):
         self.active = active
         self.batch = config.training.batch_size
         self.sum, self.count, self.lr = None, 0, 0.0
         self.time, self.mark = time.perf_counter(), start
+        self.cpu_start, self.cpu_before = time.process_time(), cpu
         if not active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +430,10 @@ class _Writer:
         if self.active:
             self.bar.update(1)
 
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (all its threads) spent on the run, earlier runs included."""
+        return self.cpu_before + time.process_time() - self.cpu_start
+
     def flush(self, step: int) -> None:
         """Write the mean loss since the last flush; stop the run if it is not finite."""
         if self.count == 0:
@@ -443,12 +446,19 @@ class _Writer:
             raise DdimError(f"the loss became non-finite ({loss}) before step {step}; stopping")
         if not self.active:
             return
-        record = {"step": step, "loss": loss, "lr": self.lr, "images_per_s": rate}
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": self.lr,
+            "images_per_s": rate,
+            "images_seen": step * self.batch,
+            "cpu_hours": self.cpu_seconds() / 3600,
+        }
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
         if self.tensorboard is not None:
-            for key in ("loss", "lr", "images_per_s"):
+            for key in ("loss", "lr", "images_per_s", "cpu_hours"):
                 self.tensorboard.add_scalar(f"train/{key}", record[key], step)
 
     def close(self) -> None:

@@ -41,20 +41,27 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, dim % 2))
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups and ε = 1e-6, as in the DDPM code."""
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with ε = 1e-6 and, as in the DDPM code, 32 groups unless told otherwise."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """h = conv2(drop(swish(norm2(conv1(swish(norm1(x))) + temb_proj(swish(temb)))))); x' + h."""
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        dropout: float,
+        groups: int = 32,
+    ):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -71,9 +78,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H·W positions, with a residual connection."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -140,8 +147,10 @@ class UNet(nn.Module):
         in_channels: int = 3,
         resolution: int = 32,
         resamp_with_conv: bool = True,
+        num_groups: int = 32,
     ):
         super().__init__()
+        g = num_groups
         self.ch, self.num_res_blocks, self.resolution = ch, num_res_blocks, resolution
         self.num_resolutions = len(ch_mult)
         temb_ch = 4 * ch
@@ -156,10 +165,10 @@ class UNet(nn.Module):
         for i, width in enumerate(widths):
             level = Level()
             for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(block_in, width, temb_ch, dropout))
+                level.block.append(ResnetBlock(block_in, width, temb_ch, dropout, g))
                 block_in = width
                 if res in attn_resolutions:
-                    level.attn.append(AttnBlock(width))
+                    level.attn.append(AttnBlock(width, g))
                 skips.append(width)
             if i != self.num_resolutions - 1:
                 level.downsample = Downsample(width, resamp_with_conv)
@@ -168,26 +177,28 @@ class UNet(nn.Module):
             self.down.append(level)
 
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, temb_ch, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, temb_ch, dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, temb_ch, dropout, g)
+        self.mid.attn_1 = AttnBlock(block_in, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, temb_ch, dropout, g)
 
         # Upsampling path: each block takes the concatenation [h, skip] popped from the stack.
         up_levels = []
         for i in reversed(range(self.num_resolutions)):
             level = Level()
             for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in + skips.pop(), widths[i], temb_ch, dropout))
+                level.block.append(
+                    ResnetBlock(block_in + skips.pop(), widths[i], temb_ch, dropout, g)
+                )
                 block_in = widths[i]
                 if res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, g))
             if i != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
                 res *= 2
             up_levels.insert(0, level)
         self.up = nn.ModuleList(up_levels)
 
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
     @classmethod
@@ -203,6 +214,7 @@ class UNet(nn.Module):
             in_channels=model.in_channels,
             resolution=image_size,
             resamp_with_conv=model.resamp_with_conv,
+            num_groups=model.num_groups,
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
