@@ -2,12 +2,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import TINY
 
-from ddim.bench import bench_sampling, bench_training, forward_flops
 from ddim.config import apply_overrides, load_config
-from ddim.unet import UNet
+from ddim.experiments.bench import bench_sampling, bench_training, forward_flops
+from ddim.network.unet import UNet
 
 
 def test_cifar10_network_costs_12_4_gflop_per_forward():
@@ -16,16 +17,29 @@ def test_cifar10_network_costs_12_4_gflop_per_forward():
     assert abs(flops / 1e9 - 12.44) < 0.01
 
 
-def test_benchmarks_run_on_cpu_and_the_fast_path_falls_back_to_fp32():
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_benchmarks_run_on_cpu_with_and_without_native_bf16(bf16, monkeypatch):
+    monkeypatch.setenv("DDIM_CPU_BF16", bf16)
     config = apply_overrides(load_config("tiny"), TINY)
     cpu = torch.device("cpu")
-    sampling = bench_sampling(config, device=cpu, batch=4, steps=3, repeats=1)
-    assert [r.path for r in sampling] == ["fp32 eager", "fast"]
+    sampling = bench_sampling(config, device=cpu, batch=4, steps=3, repeats=1, diffusers=False)
+    paths = [r.path for r in sampling]
+    assert paths[:2] == ["fp32 eager", "fp32 channels-last"]
+    assert ("bf16 autocast" in paths) == (bf16 == "1")  # bf16 only where it is native
     assert all(r.images_per_s > 0 and r.tflops > 0 for r in sampling)
-    assert "max |Δ| 0" in sampling[1].note  # on the CPU both paths are the same fp32 loop
+    assert "max |Δ| 0 " in sampling[1].note  # channels-last is the same float32 arithmetic
     training = bench_training(config, device=cpu, batch=4, repeats=2)
-    assert [r.task for r in training] == ["train", "train"]
+    assert [r.path for r in training][1:] == (["bf16 autocast (ddim train's default)"]
+                                              if bf16 == "1" else [])
     assert all(r.peak_memory_gib is None for r in sampling + training)
+
+
+def test_diffusers_loop_on_our_weights_gives_our_images():
+    pytest.importorskip("diffusers")
+    config = apply_overrides(load_config("tiny"), TINY)
+    sampling = bench_sampling(config, device=torch.device("cpu"), batch=2, steps=4, repeats=1)
+    assert sampling[-1].path.startswith("diffusers")
+    assert "max |Δ| 0 " in sampling[-1].note or "max |Δ| 1 " in sampling[-1].note
 
 
 def test_bench_command_writes_json(tmp_path):
@@ -57,4 +71,6 @@ def test_bench_command_writes_json(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "| sample | fp32 eager |" in result.stdout
-    assert len(json.loads(out.read_text())["results"]) == 4
+    record = json.loads(out.read_text())
+    assert [r["task"] for r in record["results"]].count("train") >= 1
+    assert record["threads"] >= 1 and "device" in record

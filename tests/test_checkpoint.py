@@ -18,17 +18,12 @@ import safetensors.torch
 import torch
 
 import ddim
-from ddim.checkpoint import (
-    infer_model_config,
-    keep_last,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    tensors_sha256,
-)
+from ddim.checkpoint import keep_last, load_checkpoint, load_model, save_checkpoint
+from ddim.checkpoint.foreign import infer_model_config
+from ddim.checkpoint.format import tensors_sha256
 from ddim.config import apply_overrides, load_config
 from ddim.errors import DdimError
-from ddim.unet import UNet
+from ddim.network.unet import UNet
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +369,7 @@ WRITER = """
 import sys, torch
 from ddim.checkpoint import save_checkpoint
 from ddim.config import load_config
-from ddim.unet import UNet
+from ddim.network.unet import UNet
 config = load_config("tiny")
 state = UNet.from_config(config.model, config.data.image_size).state_dict()
 step = 0

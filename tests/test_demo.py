@@ -1,4 +1,4 @@
-"""`ddim.shapes`, `ddim.demo` and `ddim demo`: the data generator, pixel FD, the report."""
+"""`ddim.data.shapes`, `ddim.experiments.demo` and `ddim demo`: the generator, pixel FD, report."""
 
 import os
 import re
@@ -10,23 +10,9 @@ import numpy as np
 import torch
 
 from ddim.cli import main
-from ddim.demo import DemoSettings, pixel_fd, pixel_features, run_demo
+from ddim.data.shapes import shapes
+from ddim.experiments.demo import pixel_fd, pixel_features, run_demo
 from ddim.fid import statistics
-from ddim.shapes import shapes
-
-SMALL = DemoSettings(
-    steps=4,
-    batch_size=8,
-    train_images=64,
-    eval_images=16,
-    sampler_steps=(2, 4),
-    sample_batch=16,
-    grid_images=16,
-    detail_steps=3,
-    interpolation=4,
-    strips=1,
-    reconstructions=3,
-)
 
 
 def test_shapes_are_uint8_of_the_documented_shape():
@@ -70,9 +56,9 @@ def test_pixel_fd_of_a_shifted_set_is_the_squared_mean_shift():
     assert np.isclose(shifted, 192 * (40 / 255) ** 2, rtol=1e-6)
 
 
-def test_run_demo_end_to_end_writes_a_report_with_existing_images(tmp_path):
+def test_run_demo_end_to_end_writes_a_report_with_existing_images(tmp_path, small_demo):
     start = time.perf_counter()
-    report = run_demo(tmp_path / "demo", settings=SMALL, progress=False)
+    report = run_demo(tmp_path / "demo", settings=small_demo, progress=False)
     assert time.perf_counter() - start < 60
     assert report == tmp_path / "demo" / "report.html"
     html = report.read_text(encoding="utf-8")
@@ -83,7 +69,7 @@ def test_run_demo_end_to_end_writes_a_report_with_existing_images(tmp_path):
     assert all((report.parent / s).is_file() and s.endswith(".png") for s in sources)
     markdown = (report.parent / "report.md").read_text(encoding="utf-8")
     assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)) == set(sources)
-    for s in SMALL.sampler_steps:  # one table row per sampler and S
+    for s in small_demo.sampler_steps:  # one table row per sampler and S
         assert f"| DDIM η=0 | {s} |" in markdown and f"| DDPM σ̂ | {s} |" in markdown
     assert "pixel FD" in markdown and "FID" not in markdown.replace("(not FID)", "")
 

@@ -6,19 +6,14 @@ import numpy as np
 import torch
 
 from ddim.checkpoint import load_model
-from ddim.generate import (
-    SamplerSpec,
-    betas_of,
-    eps_model_for,
-    generate_to_shards,
-    read_shards,
-)
+from ddim.generate import SamplerSpec, generate_to_shards, read_shards
+from ddim.network.precision import eps_model_for
 
 
 def setup(path):
     net, config = load_model(path)
-    eps_model = eps_model_for(net, amp=False, channels_last=False)
-    return eps_model, config, betas_of(config), (3, 8, 8)
+    eps_model = eps_model_for(net)
+    return eps_model, config, config.diffusion.betas(), (3, 8, 8)
 
 
 def test_images_depend_on_seed_not_batch(tiny_checkpoint, tmp_path):
@@ -110,7 +105,7 @@ def test_sample_command_writes_exactly_n_images(tiny_checkpoint, tmp_path):
 
 def test_sample_command_rejects_bad_values(tiny_checkpoint, tmp_path):
     for flags, message in [
-        (["--eta", "-1"], "--eta must be >= 0, got -1.0"),
+        (["--eta", "-1"], "--eta=-1.0 must be finite and >= 0"),
         (["--steps", "0"], "steps must be between 1 and T = 1000, got 0"),
         (["--n", "0"], "--n must be >= 1"),
         (["--batch", "-1"], "--batch must be >= 1, got -1"),
@@ -138,7 +133,7 @@ def test_sample_command_rejects_bad_values(tiny_checkpoint, tmp_path):
 
 def test_sample_command_reads_an_official_ckpt_pth(tmp_path):
     """The official runner's list [model, optimizer, epoch, step, ema] with `module.` prefixes."""
-    from ddim.unet import UNet
+    from ddim.network.unet import UNet
 
     net = UNet(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
                dropout=0.0, in_channels=3, resolution=32, resamp_with_conv=True)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ddim.loss import q_sample, simple_loss, training_timesteps
-from ddim.oracle import GaussianOracle, toy_data
-from ddim.schedule import alpha_bars, make_betas
+from ddim.diffusion.loss import q_sample, simple_loss, training_timesteps
+from ddim.diffusion.oracle import GaussianOracle, toy_data
+from ddim.diffusion.schedule import alpha_bars, make_betas
 
 BETAS = make_betas("linear", 1000)
 ALPHA_BAR = alpha_bars(BETAS)

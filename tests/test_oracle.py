@@ -2,15 +2,15 @@
 
 import torch
 
-from ddim.oracle import (
+from ddim.diffusion.oracle import (
     GaussianMoments,
     GaussianOracle,
     exact_output_moments,
     frechet_distance_diagonal,
     toy_data,
 )
-from ddim.samplers import ddim_plan, ddpm_plan, walk
-from ddim.schedule import make_betas, timesteps
+from ddim.diffusion.samplers import ddim_plan, ddpm_plan, walk
+from ddim.diffusion.schedule import make_betas, timesteps
 
 BETAS = make_betas("linear", 1000)
 

@@ -35,13 +35,11 @@ def test_every_command_has_help_with_an_example():
         assert "example:" in out.stdout and f"ddim {name}" in out.stdout, name
 
 
-def test_readme_main_job_runs_at_reduced_size(tmp_path, monkeypatch):
+def test_readme_main_job_runs_at_reduced_size(tmp_path, monkeypatch, small_demo):
     """The README's main-job command, run as written except for the demo's sizes."""
     import shlex
 
-    from test_demo import SMALL
-
-    import ddim.demo
+    import ddim.experiments.demo as demo_module
     from ddim.cli import main
 
     line = readme_command("Main job")
@@ -49,7 +47,7 @@ def test_readme_main_job_runs_at_reduced_size(tmp_path, monkeypatch):
     argv = shlex.split(line.split("&& ")[-1])
     assert argv[:2] == ["ddim", "demo"]
     monkeypatch.setattr(
-        ddim.demo, "DemoSettings", lambda **kw: type(SMALL)(**{**vars(SMALL), **kw})
+        demo_module, "DemoSettings", lambda **kw: type(small_demo)(**{**vars(small_demo), **kw})
     )
     monkeypatch.chdir(tmp_path)
     assert main([*argv[1:], "--steps", "2", "--no-progress"]) == 0

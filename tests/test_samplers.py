@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-import ddim.samplers as samplers
+import ddim.diffusion.samplers as samplers
+from ddim.diffusion.oracle import GaussianOracle, toy_data
+from ddim.diffusion.schedule import alpha_bars, make_betas, timesteps
 from ddim.errors import DdimError
-from ddim.oracle import GaussianOracle, toy_data
-from ddim.schedule import alpha_bars, make_betas, timesteps
 
 BETAS = make_betas("linear", 1000)
 ALPHA_BAR = alpha_bars(BETAS)
@@ -247,7 +247,7 @@ def test_interpolate_endpoints_are_reconstructions():
 def test_bad_sampler_arguments():
     _, _, oracle = oracle_setup()
     x = torch.zeros(1, 16)
-    with pytest.raises(DdimError, match="eta must be >= 0, got -0.1"):
+    with pytest.raises(DdimError, match="eta=-0.1 must be finite and >= 0"):
         samplers.sample(oracle, x, BETAS, steps=10, eta=-0.1)
     with pytest.raises(DdimError, match="variance must be 'small' or 'large', got 'big'"):
         samplers.sample_ddpm(oracle, x, BETAS, steps=10, variance="big")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddim import schedule
+from ddim.diffusion import schedule
 from ddim.errors import DdimError
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ddim.config import load_config
-from ddim.unet import (
+from ddim.network.unet import (
     NEAR_ZERO,
     AttnBlock,
     Downsample,

@@ -3,15 +3,12 @@
 The public API fits on one screen; see README.md.
 """
 
-__version__ = "0.1.0"
-
 from ddim.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ddim.config import Config, apply_overrides, load_config
 from ddim.data import load_all, open_dataset, to_model_range, to_uint8
-from ddim.errors import DdimError
-from ddim.loss import q_sample, simple_loss, training_timesteps
-from ddim.oracle import GaussianOracle
-from ddim.samplers import (
+from ddim.diffusion.loss import q_sample, simple_loss, training_timesteps
+from ddim.diffusion.oracle import GaussianOracle
+from ddim.diffusion.samplers import (
     encode,
     generators_from_seeds,
     interpolate,
@@ -21,10 +18,13 @@ from ddim.samplers import (
     sample_ddpm,
     slerp,
 )
-from ddim.schedule import alpha_bars, make_betas, timesteps
-from ddim.unet import UNet
+from ddim.diffusion.schedule import alpha_bars, make_betas, timesteps
+from ddim.errors import DdimError
+from ddim.network.unet import UNet
+from ddim.version import __version__
 
 __all__ = [
+    "__version__",
     "Config",
     "DdimError",
     "UNet",

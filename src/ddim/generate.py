@@ -9,8 +9,6 @@ atomically; a rerun skips finished shards, so an interrupted run resumes where i
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddim.config import Config
 from ddim.data import to_uint8
+from ddim.diffusion.eps_model import EpsModel
+from ddim.diffusion.samplers import generators_from_seeds, randn, sample, sample_ddpm
+from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
-from ddim.samplers import generators_from_seeds, randn, sample, sample_ddpm
-from ddim.schedule import make_betas, timesteps
-
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from ddim.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -41,27 +38,6 @@ class SamplerSpec:
     def network_calls(self, num_timesteps: int) -> int:
         """How many times the network runs per image."""
         return len(timesteps(num_timesteps, self.steps, self.skip))
-
-
-def betas_of(config: Config) -> torch.Tensor:
-    """β_1..β_T of a config's diffusion section."""
-    d = config.diffusion
-    return make_betas(d.beta_schedule, d.num_diffusion_timesteps, d.beta_start, d.beta_end)
-
-
-def eps_model_for(net: torch.nn.Module, *, amp: bool, channels_last: bool) -> EpsModel:
-    """The network as `eps_model(x_t, t)`: bf16 autocast and channels-last where asked."""
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            return net(x, t).float()
-
-    return eps_model
 
 
 def sample_batch(
@@ -142,10 +118,14 @@ def generate_to_shards(
 
 def _save_shard(path: Path, first: int, images: torch.Tensor) -> None:
     """One shard, atomically: uint8 NHWC images and their indices."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    pixels = images.permute(0, 2, 3, 1).cpu().numpy()
     indices = np.arange(first, first + len(images))
-    np.savez(tmp, images=images.permute(0, 2, 3, 1).cpu().numpy(), indices=indices)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+            np.savez(f, images=pixels, indices=indices)
+
+    atomic_write(path, write)
 
 
 def read_shards(folder: str | Path, n: int) -> torch.Tensor:
@@ -179,12 +159,3 @@ def iterate_images(
     """uint8 batches for `seeds`, in order, kept in memory (for scoring without files)."""
     for _, batch_seeds in batches_of(seeds, batch):
         yield to_uint8(sample_batch(eps_model, betas, spec, batch_seeds, shape, device))
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (a checkpoint's identity in sample records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

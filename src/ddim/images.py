@@ -1,4 +1,5 @@
-"""Writing uint8 images: PNG grids, folders of PNGs, and `.npz` files (NHWC, key `arr_0`)."""
+"""Images out: uint8 images written as PNG grids, folders of PNGs, and `.npz` files (NHWC, key
+`arr_0`), each file atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from ddim.files import atomic_write
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -33,12 +36,8 @@ def _pil(array: np.ndarray) -> Image.Image:
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
     """Write uint8 images (N, C, H, W) as one PNG grid; parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    _pil(grid(images, nrow)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    picture = _pil(grid(images, nrow))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def save_pngs(images: torch.Tensor, folder: str | os.PathLike, first_index: int = 0) -> list[Path]:
@@ -55,9 +54,10 @@ def save_pngs(images: torch.Tensor, folder: str | os.PathLike, first_index: int 
 
 def save_npz(images: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write uint8 images (N, C, H, W) as an `.npz` of NHWC uint8 under `arr_0`, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, arr_0=images.permute(0, 2, 3, 1).cpu().numpy())
-    os.replace(tmp, path)
-    return path
+    pixels = images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+            np.savez(f, arr_0=pixels)
+
+    return atomic_write(path, write)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ddim.cli._common import add_skip_argument
+from ddim.errors import DdimError
+
 HELP = "Benchmark sampling and training: images/s, TFLOP/s, % of peak, peak memory (JSON too)."
 EXAMPLE = (
     "ddim bench --config cifar10 --batch 500 --steps 50 --train-batch 128 --compile -o bench.json"
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, default=500, help="sampling batch (default 500)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps S (default 50)")
-    parser.add_argument("--skip", default="uniform", choices=["uniform", "quad", "trailing"])
+    add_skip_argument(parser, default="uniform", help="timestep sub-sequence (default uniform)")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the fast path")
@@ -35,18 +38,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="the device's dense bf16 peak for '%% of peak' (e.g. 800 for an H100)",
     )
+    parser.add_argument("--ckpt", help="sample with these weights (a trained model: image "
+                        "differences between paths mean something only then); default random")
+    parser.add_argument("--no-diffusers", action="store_true",
+                        help="skip diffusers' DDIM loop even when diffusers is installed")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("-o", "--output", help="write the results as JSON here")
 
 
 def run(args) -> int:
     """Run the chosen benchmarks and print a table."""
-    from ddim.bench import as_rows, bench_sampling, bench_training
-    from ddim.cli.train import data_overrides
+    from ddim.checkpoint import config_for_foreign, load_checkpoint
+    from ddim.cli._common import data_overrides
     from ddim.config import apply_overrides, load_config
-    from ddim.train import load_training_images
+    from ddim.device import parse_device
+    from ddim.experiments.bench import as_rows, bench_sampling, bench_training, describe_device
+    from ddim.training import load_training_images
 
-    config = apply_overrides(load_config(args.config), args.set)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.repeats < 1:
+        raise DdimError(f"--repeats must be >= 1, got {args.repeats}")
+    for flag in ("batch", "steps", "train_batch"):
+        if getattr(args, flag) < 1:
+            raise DdimError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DdimError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    weights = None
+    if args.ckpt:
+        checkpoint = load_checkpoint(args.ckpt)
+        config, weights = config_for_foreign(checkpoint), checkpoint.weights()
+        weights = {k: v.float() for k, v in weights.items()}
+    else:
+        config = load_config(args.config)
+    config = apply_overrides(config, args.set)
+    device = parse_device(args.device) or torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
     results = []
     if "sample" in args.what:
         results += bench_sampling(
@@ -58,6 +86,8 @@ def run(args) -> int:
             repeats=args.repeats,
             compile=args.compile,
             peak_tflops=args.peak_tflops,
+            weights=weights,
+            diffusers=not args.no_diffusers,
         )
     if "train" in args.what:
         images = None
@@ -73,7 +103,8 @@ def run(args) -> int:
             peak_tflops=args.peak_tflops,
             images=images,
         )
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    print(f"device: {describe_device(device)}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
     print("| task | path | batch | images/s | TFLOP/s | % of peak | peak GiB | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -84,6 +115,8 @@ def run(args) -> int:
             f"{percent} | {memory} | {r.note} |"
         )
     if args.output:
-        record = {"device": str(device), "config": config.to_dict(), "results": as_rows(results)}
+        record = {"device": describe_device(device), "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "checkpoint": args.ckpt,
+                  "config": config.to_dict(), "results": as_rows(results)}
         Path(args.output).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return 0

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ddim.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ddim.checkpoint.diffusers import export_diffusers, verify_diffusers
 from ddim.config import CONFIG_NAMES
-from ddim.convert import export_diffusers, verify_diffusers
 from ddim.errors import DdimError
 
 HELP = "Convert U-Net weights: official ckpt.pth/.ckpt, ddim .safetensors, diffusers folders."

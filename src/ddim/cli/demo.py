@@ -11,7 +11,7 @@ EXAMPLE = "ddim demo -o demo --steps 1200 --seed 0 --device cpu"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim demo`."""
-    from ddim.demo import DemoSettings
+    from ddim.experiments.demo import DemoSettings
 
     default_steps = DemoSettings().steps
     parser.add_argument("-o", "--out", default="demo", help="output folder (default demo)")
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run the demo and print where the report is."""
-    from ddim.demo import run_demo
     from ddim.errors import DdimError
+    from ddim.experiments.demo import run_demo
 
     if args.steps < 1:
         raise DdimError(f"--steps must be >= 1, got {args.steps}")

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ddim.errors import DdimError
+from ddim.cli._common import (
+    add_images_arguments,
+    add_model_arguments,
+    add_ode_arguments,
+    dataset_images,
+    load_for_sampling,
+    model_record,
+)
 
 HELP = "Encode images to DDIM latents x_T (the ODE of eqs. 13/14 run upward); writes an .npz."
 EXAMPLE = (
@@ -19,73 +26,13 @@ EXAMPLE = (
 )
 
 
-def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None = None) -> None:
-    """--images, --subdir, --n, --batch: which dataset images to read, and how many at once."""
-    parser.add_argument("--images", required=True,
-                        help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz")
-    parser.add_argument("--subdir", help="part of the dataset (CIFAR-10: train/test; zip folder)")
-    parser.add_argument("--n", type=int, default=n_default,
-                        help=f"use the first N images (default: {n_default or 'all'})")
-    parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
 
 
-def add_ode_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> None:
-    """--steps and --skip of the deterministic sampler (η = 0)."""
-    parser.add_argument("--steps", type=int, nargs=steps_nargs, help="S (default: the config's)")
-    parser.add_argument("--skip", choices=["uniform", "quad", "trailing"],
-                        help="timestep sub-sequence (default: the config's)")
 
-
-def dataset_images(args, config):
-    """(uint8 images, their indices) from --images/--subdir, the first --n, at the model's size."""
-    from ddim.data import open_dataset
-    from ddim.experiments import take_images
-
-    dataset = open_dataset(args.images, subdir=args.subdir,
-                           resolution=config.data.image_size, progress=False)
-    n = len(dataset) if args.n is None else args.n
-    if n < 1:
-        raise DdimError(f"--n must be >= 1, got {n}")
-    indices = list(range(min(n, len(dataset))))
-    return take_images(dataset, indices), indices
-
-
-def load_ode_run(args):
-    """(eps_model, config, device, amp, betas, steps, skip, seqs) for the commands that decode one
-    input at several S (`reconstruct`, `trajectory`); every S is validated before any work."""
-    from ddim.cli.sample import load_for_sampling
-    from ddim.generate import betas_of
-    from ddim.schedule import timesteps
-
-    if args.show < 1:
-        raise DdimError(f"--show must be >= 1, got {args.show}")
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas = betas_of(config)
-    steps = [config.sampling.steps] if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    seqs = [timesteps(len(betas), S, skip) for S in steps]
-    return eps_model, config, device, amp, betas, steps, skip, seqs
-
-
-def model_record(args, config, device, amp) -> dict:
-    """What identifies the model run: checkpoint + hash, EMA or raw, device, bf16."""
-    from ddim.generate import file_sha256
-
-    return {
-        "checkpoint": str(args.ckpt),
-        "checkpoint_sha256": file_sha256(args.ckpt),
-        "weights": "raw" if args.raw else "ema",
-        "device": str(device),
-        "bf16": amp,
-        "beta_schedule": config.diffusion.beta_schedule,
-        "num_diffusion_timesteps": config.diffusion.num_diffusion_timesteps,
-    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim encode`."""
-    from ddim.cli.sample import add_model_arguments
-
     add_model_arguments(parser)
     add_images_arguments(parser)
     add_ode_arguments(parser)
@@ -95,13 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Encode the images and write the latents with their indices and settings."""
-    from ddim.cli.sample import load_for_sampling
-    from ddim.experiments import encode_images
-    from ddim.generate import betas_of
-    from ddim.schedule import timesteps
+    from ddim.diffusion.schedule import timesteps
+    from ddim.experiments.paper import encode_images
 
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas = betas_of(config)
+    betas = config.diffusion.betas()
     steps = config.sampling.steps if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
     seq = timesteps(len(betas), steps, skip)  # validates S before any work

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ddim.errors import DdimError
+
 HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
 EXAMPLE = (
     "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz && "
@@ -23,6 +25,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdir", default=None, help="folder inside a zip/folder to read from")
     parser.add_argument("--resolution", type=int, default=None,
                         help="resize images to this square size on load (default: as stored)")
+    parser.add_argument("--n", type=int, default=None, help="use the first N images (default: all)")
     parser.add_argument("--batch", type=int, default=64, help="Inception batch size (default 64)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--device", default=None,
@@ -66,13 +69,23 @@ def _device(name: str | None) -> torch.device:
 
 def _open(path: str, args: argparse.Namespace):
     """The uint8 images at `path`: one tensor when already decoded, else the lazy dataset."""
+    from torch.utils.data import Subset
+
     from ddim.data import open_dataset
 
     dataset = open_dataset(path, subdir=args.subdir, resolution=args.resolution)
+    n = len(dataset) if args.n is None else args.n
+    if n < 2:
+        raise DdimError(f"--n must be >= 2 (a covariance needs two images), got {n}")
+    if n > len(dataset):
+        raise DdimError(f"--n {n} is more than the {len(dataset)} images in {dataset.source}")
     images = dataset.as_array()
     c, h, w = dataset[0].shape
-    source = f"{dataset.source}: {len(dataset)} images, {c}x{h}x{w} uint8"
-    return (dataset if images is None else images), source
+    first = "" if n == len(dataset) else f"the first {n} of "
+    source = f"{dataset.source}: {first}{len(dataset)} images, {c}x{h}x{w} uint8"
+    if images is not None:
+        return images[:n], source
+    return (dataset if n == len(dataset) else Subset(dataset, range(n))), source
 
 
 def run_ref(args: argparse.Namespace) -> int:

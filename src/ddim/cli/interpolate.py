@@ -10,6 +10,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ddim.cli._common import (
+    add_model_arguments,
+    add_ode_arguments,
+    load_for_sampling,
+    model_record,
+)
 from ddim.errors import DdimError
 
 HELP = "Interpolate in x_T by slerp (App. D.5): between two seeds, or two encoded images."
@@ -18,9 +24,6 @@ EXAMPLE = "ddim interpolate --ckpt ckpt.safetensors --seeds 3 7 --num 10 --steps
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim interpolate`."""
-    from ddim.cli.encode import add_ode_arguments
-    from ddim.cli.sample import add_model_arguments
-
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--seeds", type=int, nargs="+",
@@ -45,8 +48,7 @@ def _pairs(values: list, flag: str) -> list[tuple]:
 
 def endpoint_images(args, config) -> torch.Tensor:
     """The uint8 images to interpolate between, pairs in consecutive order."""
-    from ddim.data import open_dataset
-    from ddim.experiments import load_image_files, take_images
+    from ddim.data import load_image_files, open_dataset, take_images
 
     size = config.data.image_size
     if args.indices is None:
@@ -62,8 +64,8 @@ def endpoint_images(args, config) -> torch.Tensor:
 def strips(args, eps_model, betas, config, device, steps: int, skip: str) -> list[torch.Tensor]:
     """One uint8 strip (num, C, H, W) per pair of seeds or images."""
     from ddim.data import to_model_range, to_uint8
-    from ddim.experiments import interpolate_latents, seed_latents
-    from ddim.samplers import interpolate
+    from ddim.diffusion.samplers import interpolate
+    from ddim.experiments.paper import interpolate_latents, seed_latents
 
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     rows = []
@@ -82,18 +84,15 @@ def strips(args, eps_model, betas, config, device, steps: int, skip: str) -> lis
 
 def run(args) -> int:
     """Write the interpolation strips as one PNG grid and a JSON record beside it."""
-    from ddim.cli.encode import model_record
-    from ddim.cli.sample import load_for_sampling
-    from ddim.generate import betas_of
+    from ddim.diffusion.schedule import timesteps
     from ddim.images import save_grid
-    from ddim.schedule import timesteps
 
     if args.num < 2:
         raise DdimError(f"--num must be >= 2, got {args.num}")
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas = betas_of(config)
+    betas = config.diffusion.betas()
     steps = config.sampling.steps if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
     seq = timesteps(len(betas), steps, skip)

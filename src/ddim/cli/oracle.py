@@ -12,15 +12,16 @@ import sys
 
 import torch
 
-from ddim.oracle import (
+from ddim.cli._common import add_skip_argument
+from ddim.diffusion.oracle import (
     GaussianMoments,
     GaussianOracle,
     exact_output_moments,
     frechet_distance_diagonal,
     toy_data,
 )
-from ddim.samplers import ddim_plan, ddpm_plan, walk
-from ddim.schedule import make_betas, timesteps
+from ddim.diffusion.samplers import ddim_plan, ddpm_plan, walk
+from ddim.diffusion.schedule import make_betas, timesteps
 
 HELP = "Table 1 on Gaussian data with the exact ε-predictor: sampler error against S and η."
 EXAMPLE = "ddim oracle --skip quad --steps 10 20 50 100 1000 --n 10000 -o oracle.md"
@@ -28,7 +29,7 @@ EXAMPLE = "ddim oracle --skip quad --steps 10 20 50 100 1000 --n 10000 -o oracle
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim oracle`."""
-    parser.add_argument("--skip", default="quad", choices=["uniform", "quad", "trailing"])
+    add_skip_argument(parser, default="quad", help="timestep sub-sequence (default quad)")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
     parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.2, 0.5, 1.0])
     parser.add_argument("--dim", type=int, default=64, help="data dimensions (default 64)")

@@ -10,6 +10,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ddim.cli._common import (
+    add_images_arguments,
+    add_model_arguments,
+    add_ode_arguments,
+    dataset_images,
+    load_ode_run,
+    model_record,
+)
+
 HELP = "Table 2: reconstruction MSE of encode-then-decode with S steps each (η = 0), per S."
 EXAMPLE = (
     "ddim reconstruct --ckpt ckpt.safetensors --images data/cifar-10-batches-py --subdir test "
@@ -19,9 +28,6 @@ EXAMPLE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim reconstruct`."""
-    from ddim.cli.encode import add_images_arguments, add_ode_arguments
-    from ddim.cli.sample import add_model_arguments
-
     add_model_arguments(parser)
     add_images_arguments(parser, n_default=64)
     add_ode_arguments(parser, steps_nargs="+")
@@ -32,8 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Reconstruct --n images at each S; print and write the MSE table, JSON record and grid."""
-    from ddim.cli.encode import dataset_images, load_ode_run, model_record
-    from ddim.experiments import reconstruction_markdown, reconstruction_study
+    from ddim.experiments.paper import reconstruction_markdown, reconstruction_study
     from ddim.images import save_grid
 
     eps_model, config, device, amp, betas, steps, skip, _ = load_ode_run(args)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ddim.cli._common import add_model_arguments, add_skip_argument, load_for_sampling, model_record
+from ddim.diffusion.samplers import check_eta
 from ddim.errors import DdimError
 
 HELP = "Table 1: FID for each (η, S) and the σ̂ row, generated in memory; table.md/json + plot."
@@ -20,8 +22,6 @@ EXAMPLE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim table`."""
-    from ddim.cli.sample import add_model_arguments
-
     add_model_arguments(parser)
     parser.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
     parser.add_argument("--n", type=int, default=50_000, help="images per cell (50000)")
@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="η values, the DDIM rows (0 0.2 0.5 1)")
     parser.add_argument("--sigma-hat", action="store_true",
                         help="add the σ̂ row: DDPM ancestral sampling with variance β")
-    parser.add_argument("--skip", choices=["uniform", "quad"],
-                        help="sub-sequence for S < T (default: quad for CIFAR10, else uniform)")
+    add_skip_argument(parser, choices=["uniform", "quad"],
+                      help="sub-sequence for S < T (default: quad for CIFAR10, else uniform)")
     parser.add_argument("--seed", type=int, default=0, help="image k of every cell uses seed + k")
     parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
     parser.add_argument("-o", "--out", default="table1",
@@ -46,8 +46,7 @@ def default_skip(config) -> str:
 
 def table_settings(args, config, device, amp, ref_stats, skip: str) -> dict:
     """Every run-wide choice that changes the numbers; a stored cell is reused only if equal."""
-    from ddim.cli.encode import model_record
-    from ddim.generate import file_sha256
+    from ddim.files import file_sha256
 
     record = model_record(args, config, device, amp)
     return {
@@ -65,24 +64,23 @@ def _check(args) -> None:
     """Reject bad values before loading anything."""
     if args.n < 2:
         raise DdimError(f"--n must be >= 2 for a covariance, got {args.n}")
-    if any(eta < 0 for eta in args.etas):
-        raise DdimError(f"--etas must be >= 0, got {args.etas}")
+    for eta in args.etas:
+        check_eta(eta, "--etas")
     if args.batch is not None and args.batch < 1:
         raise DdimError(f"--batch must be >= 1, got {args.batch}")
 
 
 def run(args) -> int:
     """Score each missing cell, saving table.json, table.md and the plot after every one."""
-    from ddim.cli.sample import load_for_sampling
-    from ddim.experiments import resume_record, run_table, table_markdown, table_specs
+    from ddim.diffusion.schedule import timesteps
+    from ddim.experiments.paper import resume_record, run_table, table_markdown, table_specs
     from ddim.fid import compute_fid, load_stats
-    from ddim.generate import betas_of, iterate_images
-    from ddim.schedule import timesteps
+    from ddim.generate import iterate_images
 
     _check(args)
     ref_stats = load_stats(args.ref)
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
-    betas, T = betas_of(config), config.diffusion.num_diffusion_timesteps
+    betas, T = config.diffusion.betas(), config.diffusion.num_diffusion_timesteps
     skip = args.skip or default_skip(config)
     for S in args.steps:
         timesteps(T, S, skip)  # validates every S before any work
@@ -110,14 +108,14 @@ def run(args) -> int:
 
 def write_outputs(record: dict, out: Path) -> None:
     """table.json (atomically), table.md and fid_vs_steps.png from the record so far."""
-    from ddim.experiments import plot_fid_vs_steps, table_markdown, table_series
+    from ddim.experiments.paper import table_markdown, table_series
+    from ddim.experiments.report import Panel, save_plot
+    from ddim.files import write_text
 
-    tmp = out / "table.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    tmp.replace(out / "table.json")
+    write_text(out / "table.json", json.dumps(record, indent=2))
     s = record["settings"]
     header = (f"# FID table (Table 1 grid)\n\nN = {s['n']} images per cell, skip = {s['skip']} "
               f"(S = T: all steps), {s['weights']} weights, reference {s['reference']['path']} "
               f"(n = {s['reference']['n']}), bf16 = {s['bf16']}, device = {s['device']}.\n\n")
-    (out / "table.md").write_text(header + table_markdown(record), encoding="utf-8")
-    plot_fid_vs_steps(table_series(record), out / "fid_vs_steps.png")
+    write_text(out / "table.md", header + table_markdown(record))
+    save_plot(Panel(table_series(record), title="FID"), out / "fid_vs_steps.png")

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ddim.cli._common import data_overrides
 from ddim.config import apply_overrides, dump_config, load_config
 from ddim.errors import DdimError
 
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", help="run directory or checkpoint to continue exactly")
     parser.add_argument("--max-steps", type=int, help="stop at this step in this session")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    parser.add_argument("--no-amp", "--fp32", action="store_true",
+                        help="train in float32 even where bf16 autocast is the fast path")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--checkpoint-every", type=int, help="steps (default snapshot_freq)")
     parser.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
@@ -49,18 +51,13 @@ def resolve_config(args):
     """The config from --config (or the resumed checkpoint), --data/--subdir and --set."""
     if args.resume:
         from ddim.checkpoint import load_checkpoint
-        from ddim.train import latest_checkpoint
+        from ddim.training import latest_checkpoint
 
         config = load_checkpoint(latest_checkpoint(args.resume)).config
     else:
         config = load_config(args.config)
     return apply_overrides(config, [*args.set, *data_overrides(args.data, args.subdir)])
 
-
-def data_overrides(data: str | None, subdir: str | None) -> list[str]:
-    """`data.path` and `data.subdir` overrides from --data and --subdir (the path made absolute)."""
-    overrides = [f"data.path={Path(data).resolve()}"] if data else []
-    return overrides + ([f"data.subdir={subdir}"] if subdir else [])
 
 
 def run(args) -> int:
@@ -71,7 +68,7 @@ def run(args) -> int:
         print(dump_config(config), end="")
     if args.dry_run:
         return 0
-    from ddim.train import train
+    from ddim.training import train
 
     run_dir = _run_dir(args, config, rank)
     if rank == 0:
@@ -98,7 +95,7 @@ def run(args) -> int:
 
 def _run_dir(args, config, rank: int) -> Path:
     """--run-dir, the resumed run's folder, or a new numbered folder (shared by all ranks)."""
-    from ddim.train import new_run_dir
+    from ddim.training import new_run_dir
 
     if args.run_dir:
         return Path(args.run_dir)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ddim.cli._common import add_model_arguments, add_ode_arguments, load_ode_run, model_record
+
 HELP = "Figs. 4/5: one x_T decoded with several S; rows show predicted x0 along each DDIM walk."
 EXAMPLE = (
     "ddim trajectory --ckpt ckpt.safetensors --seed 0 --steps 10 20 50 100 --show 8 -o traj.png"
@@ -17,9 +19,6 @@ EXAMPLE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim trajectory`."""
-    from ddim.cli.encode import add_ode_arguments
-    from ddim.cli.sample import add_model_arguments
-
     add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="x_T as `ddim sample` draws it (0)")
     add_ode_arguments(parser, steps_nargs="+")
@@ -31,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Decode the seed's x_T at each S and write the grid and a JSON record."""
-    from ddim.cli.encode import load_ode_run, model_record
-    from ddim.experiments import pad_rows, seed_latents, shown_steps, trajectory_row
+    from ddim.experiments.paper import pad_rows, seed_latents, shown_steps, trajectory_row
     from ddim.images import save_grid
 
     eps_model, config, device, amp, betas, steps, skip, seqs = load_ode_run(args)

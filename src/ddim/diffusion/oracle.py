@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ddim.samplers import PlanStep
-from ddim.schedule import alpha_bars
+from ddim.diffusion.samplers import PlanStep
+from ddim.diffusion.schedule import alpha_bars
 
 
 class GaussianOracle:

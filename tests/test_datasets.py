@@ -1,7 +1,6 @@
-"""Tests for ddim.data: each source kind on tiny synthetic files, conversions, batches, real zip."""
+"""ddim.data.datasets: each source kind on tiny synthetic files, hostile pickles, the real zip."""
 
 import io
-import itertools
 import os
 import pickle
 import struct
@@ -12,27 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import chw, random_images
 from PIL import Image
 
-from ddim import data
-from ddim.data import (
-    epoch_order,
-    fit_image,
-    infinite_batches,
-    load_all,
-    open_dataset,
-    read_cifar_batch,
-    to_model_range,
-    to_uint8,
-)
+from ddim.data import load_all, open_dataset
+from ddim.data.datasets import read_cifar_batch
 from ddim.errors import DdimError
 
 REAL_ZIP = Path("/work/shared/data/cifar10-jpeg.zip")
-
-
-def random_images(n, size=8, seed=0):
-    """n random uint8 RGB images (n, size, size, 3)."""
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def png_bytes(array, fmt="PNG"):
@@ -40,11 +26,6 @@ def png_bytes(array, fmt="PNG"):
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def chw(array):
-    """HWC numpy array as a CHW torch tensor."""
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def write_cifar_folder(root, per_batch=3, protocol=2):
@@ -78,28 +59,6 @@ def python2_batch_pickle(flat):
              + string(flat.tobytes()) + b"tb")
     labels = b"](" + b"K\x01" * n + b"e"
     return (b"\x80\x02}(" + string("data") + array + string("labels") + labels + b"u.")
-
-
-# --- uint8 <-> [-1, 1] ------------------------------------------------------------------------
-
-
-def test_model_range_round_trip_all_256_values():
-    values = torch.arange(256, dtype=torch.uint8)
-    x = to_model_range(values)
-    assert x.dtype == torch.float32
-    assert x[0] == -1 and x[255] == 1 and x[51] == pytest.approx(51 / 127.5 - 1)
-    assert torch.equal(to_uint8(x), values)
-
-
-def test_to_uint8_clips_and_rounds():
-    x = torch.tensor([-3.0, -1.0, 0.0, 0.999, 1.0, 7.0])
-    expected = torch.tensor([0, 0, 128, 255, 255, 255], dtype=torch.uint8)  # 127.5 rounds to even
-    assert torch.equal(to_uint8(x), expected)
-
-
-def test_to_model_range_rejects_floats():
-    with pytest.raises(TypeError):
-        to_model_range(torch.zeros(3))
 
 
 # --- image folders ----------------------------------------------------------------------------
@@ -156,15 +115,6 @@ def test_non_square_needs_resolution_then_center_crops(tmp_path):
     ds = open_dataset(tmp_path, resolution=4)
     assert torch.equal(ds[0], chw(wide[:, 1:5]))  # left = (7 - 4) // 2 = 1, no resize needed
     assert open_dataset(tmp_path, resolution=4, crop="stretch")[0].shape == (3, 4, 4)
-
-
-def test_fit_image_resizes_bicubic_and_keeps_constants():
-    image = Image.fromarray(np.full((10, 16, 3), 77, dtype=np.uint8))
-    fitted = fit_image(image, 5)
-    assert fitted.size == (5, 5) and (np.asarray(fitted) == 77).all()
-    noise = Image.fromarray(random_images(1, 16)[0])
-    expected = noise.resize((4, 4), Image.Resampling.BICUBIC)
-    assert np.array_equal(np.asarray(fit_image(noise, 4)), np.asarray(expected))
 
 
 def test_corrupt_image_raises_naming_it_or_is_skipped(tmp_path):
@@ -323,114 +273,6 @@ def test_cifar_batch_without_uint8_data_is_rejected(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), np.float32)}, f)
     with pytest.raises(DdimError, match="not a CIFAR-10 batch"):
         open_dataset(tmp_path, subdir="test")
-
-
-# --- decode cache -----------------------------------------------------------------------------
-
-
-def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    images = random_images(3)
-    for k, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{k}.png")
-    cache = tmp_path / "cache"
-    first = load_all(open_dataset(folder), cache_dir=cache, progress=False)
-    assert len(list(cache.glob("imgs-*.safetensors"))) == 1
-
-    def no_decoding(*args):
-        raise AssertionError("decoded although cached")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(data, "_decode_all", no_decoding)
-        assert torch.equal(load_all(open_dataset(folder), cache_dir=cache), first)
-    Image.fromarray(images[0][::-1].copy()).save(folder / "1.png")  # content, size or mtime change
-    os.utime(folder / "1.png", ns=(1, 1))
-    again = load_all(open_dataset(folder), cache_dir=cache, progress=False)
-    assert torch.equal(again[1], chw(images[0][::-1].copy()))
-    assert len(list(cache.glob("imgs-*.safetensors"))) == 2
-
-
-# --- training batches -------------------------------------------------------------------------
-
-
-def tagged_images(n):
-    """n images (n, 3, 2, 2) whose left column holds their index and right column 255."""
-    images = torch.full((n, 3, 2, 2), 255, dtype=torch.uint8)
-    images[:, :, :, 0] = torch.arange(n, dtype=torch.uint8)[:, None, None]
-    return images
-
-
-def identify(batch):
-    """(index, flipped) of each image of a [-1, 1] batch of `tagged_images`."""
-    pixels = to_uint8(batch)[:, 0, 0]
-    flipped = pixels[:, 0] == 255
-    return torch.where(flipped, pixels[:, 1], pixels[:, 0]).tolist(), flipped.tolist()
-
-
-def take(n, images, batch_size, **kwargs):
-    """The first n batches of infinite_batches."""
-    return list(itertools.islice(infinite_batches(images, batch_size, **kwargs), n))
-
-
-def test_batches_are_float_epochs_are_permutations():
-    images = tagged_images(12)
-    batches = take(6, images, 4, seed=3, random_flip=False)
-    assert batches[0].dtype == torch.float32 and batches[0].shape == (4, 3, 2, 2)
-    ids = [i for b in batches for i in identify(b)[0]]
-    assert sorted(ids[:12]) == list(range(12)) and sorted(ids[12:]) == list(range(12))
-    assert ids[:12] != ids[12:]
-    assert ids[:12] == epoch_order(12, 3, 0)[0].tolist()
-
-
-def test_batches_reproducible_and_seed_dependent():
-    images = tagged_images(10)
-    a, b = take(8, images, 3, seed=1), take(8, images, 3, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    c = take(8, images, 3, seed=2)
-    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
-
-
-def test_resume_at_step_equals_iterating():
-    images = tagged_images(10)
-    full = take(12, images, 3, seed=5)
-    resumed = take(7, images, 3, seed=5, start_step=5)
-    assert all(torch.equal(x, y) for x, y in zip(full[5:], resumed, strict=True))
-
-
-def test_rank_shards_concatenate_to_the_global_batch():
-    images = tagged_images(10)  # global batch 6 does not divide 10: shards cross epoch ends
-    single = take(9, images, 6, seed=7)
-    shards = [take(9, images, 3, seed=7, rank=r, world_size=2) for r in range(2)]
-    for step in range(9):
-        assert torch.equal(torch.cat([shards[0][step], shards[1][step]]), single[step])
-    resumed = take(2, images, 3, seed=7, rank=1, world_size=2, start_step=4)
-    assert torch.equal(resumed[0], shards[1][4])
-
-
-def test_flips_are_mirror_images_and_reproducible():
-    images = tagged_images(20)
-    batches = take(10, images, 4, seed=9)
-    flips = [f for b in batches for f in identify(b)[1]]
-    assert 5 < sum(flips) < 35
-    for batch in batches:
-        ids, flipped = identify(batch)
-        for image, i, f in zip(batch, ids, flipped, strict=True):
-            original = to_model_range(images[i])
-            assert torch.equal(image, original.flip(-1) if f else original)
-    again = take(10, images, 4, seed=9)
-    assert all(torch.equal(x, y) for x, y in zip(batches, again, strict=True))
-
-
-def test_bad_batch_arguments():
-    images = tagged_images(4)
-    for kwargs in [dict(rank=2, world_size=2), dict(start_step=-1), dict(world_size=0)]:
-        with pytest.raises(DdimError):
-            next(infinite_batches(images, 2, seed=0, **kwargs))
-    with pytest.raises(DdimError, match="batch_size"):
-        next(infinite_batches(images, 0, seed=0))
-    with pytest.raises(DdimError, match="uint8"):
-        next(infinite_batches(images.float(), 2, seed=0))
 
 
 # --- the real CIFAR-10 JPEG zip ---------------------------------------------------------------

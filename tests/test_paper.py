@@ -7,18 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim import experiments as ex
 from ddim.checkpoint import load_model
 from ddim.cli import main
 from ddim.data import to_model_range, to_uint8
-from ddim.generate import SamplerSpec, betas_of, eps_model_for, sample_batch
-from ddim.samplers import reconstruct
+from ddim.diffusion.samplers import reconstruct, slerp_path
+from ddim.experiments import paper as ex
+from ddim.experiments.report import Panel, plot_points, save_plot
+from ddim.generate import SamplerSpec, sample_batch
+from ddim.network.precision import eps_model_for
 
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     net, config = load_model(tiny_checkpoint)
-    return eps_model_for(net, amp=False, channels_last=False), config, betas_of(config)
+    return eps_model_for(net), config, config.diffusion.betas()
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +66,11 @@ def test_reconstruction_study_matches_direct_computation(model, data_npz):
 
 def test_slerp_path_ends_are_the_latents():
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    path = ex.slerp_path(z[0], z[1], 5)
+    path = slerp_path(z[0], z[1], 5)
     assert path.shape == (5, 3, 8, 8)
     assert torch.equal(path[0], z[0]) and torch.equal(path[-1], z[1])
-    with pytest.raises(ex.DdimError, match="--num must be >= 2, got 1"):
-        ex.slerp_path(z[0], z[1], 1)
+    with pytest.raises(ex.DdimError, match="num >= 2 images, got 1"):
+        slerp_path(z[0], z[1], 1)
 
 
 def test_shown_steps_are_evenly_spaced_and_keep_both_ends():
@@ -110,19 +112,34 @@ def test_table_cells_resume_and_render(tmp_path):
     md = ex.table_markdown(record)
     assert "| η = 0.0 | 20.00 | 10000.00 (4.04) |" in md
     assert "| σ̂ | 20.00 | 10000.00 (3.17) |" in md
-    ex.plot_fid_vs_steps(ex.table_series(record), tmp_path / "plot.png")
+    save_plot(Panel(ex.table_series(record), title="FID"), tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size == (640, 420)
+    save_plot([Panel(ex.table_series(record))] * 2, tmp_path / "two.png")
+    assert Image.open(tmp_path / "two.png").size == (1280, 420)
 
 
 def test_plot_uses_a_log_x_axis():
-    px = ex.plot_series({"a": [(10, 1.0), (100, 1.0), (1000, 2.0)]})["a"]
+    px = plot_points(Panel({"a": [(10, 1.0), (100, 1.0), (1000, 2.0)]}))["a"]
     assert px[1][0] - px[0][0] == pytest.approx(px[2][0] - px[1][0], abs=1)
     assert px[0][1] == px[1][1] > px[2][1]  # larger FID is higher on the image
 
 
-def test_paper_table_has_every_cell():
-    assert all(len(v) == len(ex.PAPER_STEPS) for v in ex.PAPER_TABLE1_CIFAR10.values())
-    assert ex.PAPER_TABLE1_CIFAR10["eta=0.0"][0] == 13.36
+def test_paper_table_transcription_agrees_with_the_papers_findings():
+    """The transcribed Table 1 must show what the paper reports about it: every row improves with
+    S, η = 0 is best for S ≤ 100 and η rows are ordered by η, σ̂ is worst at S = 10 and best at
+    S = 1000. A typo in a cell breaks one of these."""
+    table, steps = ex.PAPER_TABLE1_CIFAR10, ex.PAPER_STEPS
+    assert steps == (10, 20, 50, 100, 1000) and all(len(v) == len(steps) for v in table.values())
+    for row in table.values():
+        assert all(a > b for a, b in zip(row, row[1:])), row
+    etas = ["eta=0.0", "eta=0.2", "eta=0.5", "eta=1.0"]
+    for k in range(len(steps)):
+        column = [table[r][k] for r in etas]
+        assert column == sorted(column)  # more noise, worse FID, at every S
+        if steps[k] <= 100:
+            assert table["eta=0.0"][k] < table["sigma_hat"][k]
+    assert table["sigma_hat"][0] == max(row[0] for row in table.values())
+    assert table["sigma_hat"][-1] == min(row[-1] for row in table.values())
     assert ex.PAPER_TABLE1_CIFAR10["sigma_hat"][-1] == 3.17
 
 

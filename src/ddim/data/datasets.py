@@ -1,11 +1,9 @@
-"""Image datasets as uint8 tensors, and the one conversion between uint8 and the model's [-1, 1].
+"""Image datasets: uint8 RGB images read from a folder, a zip, CIFAR-10 batches or an .npz.
 
 Sources (`open_dataset` tells them apart): the CIFAR-10 python batches folder, a folder of images, a
 zip of images read in place, and an ``.npz`` of uint8 NHWC images (how generated samples are
 stored). Every item is a uint8 RGB tensor (3, R, R); training and FID read the same `ImageDataset`.
-For training, `load_all` decodes a dataset once (in parallel, optionally cached on disk) and
-`infinite_batches` serves reproducible, resumable, DDP-sharded [-1, 1] batches from a uint8 tensor
-that may live on the GPU.
+`load_image_files` reads loose image files the same way (for the commands that take a few).
 """
 
 from __future__ import annotations
@@ -20,67 +18,31 @@ import pickle
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import safetensors
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ddim.data.pixels import Crop, fit_image
 from ddim.errors import DdimError
 
-Crop = Literal["center", "stretch"]
+CACHE_VERSION = 1  # part of a dataset's fingerprint, the key of its decoded cache (data.cache)
 OnError = Literal["raise", "skip"]
 Kind = Literal["cifar", "folder", "zip", "npz"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_SPLITS = {"train": tuple(f"data_batch_{k}" for k in range(1, 6)), "test": ("test_batch",)}
-CACHE_VERSION = 1
-DECODE_CHUNK = 256
 
 # What a broken image file can raise while being read and decoded (PIL, zip member CRC, deflate).
 _DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
     Image.DecompressionBombError,
 )
-
-
-# --- uint8 <-> model range -------------------------------------------------------------------
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """Map uint8 images {0..255} to float32 in [-1, 1] as x / 127.5 - 1, on the input's device."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"to_model_range expects uint8 images, got {images.dtype}")
-    return images.to(torch.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Map float images to uint8 as round((clip(x, -1, 1) + 1) * 127.5), on the input's device."""
-    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-def fit_image(image: Image.Image, resolution: int, crop: Crop = "center") -> Image.Image:
-    """Crop to the centred square min(W, H)² (crop="center"), then resize to R² with PIL bicubic.
-
-    The square's corner is ((W - side) // 2, (H - side) // 2). Pillow's bicubic resize is
-    antialiased (its kernel widens by the downscale factor), as in the usual CelebA/LSUN pipelines
-    (centre crop, then resize). crop="stretch" skips the crop and squashes the aspect ratio.
-    An image already R×R is returned unchanged.
-    """
-    width, height = image.size
-    if crop == "center" and width != height:
-        side = min(width, height)
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return image
 
 
 # --- the dataset ------------------------------------------------------------------------------
@@ -464,181 +426,27 @@ def read_cifar_batch(file: Path) -> np.ndarray:
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
-# --- decode everything once -------------------------------------------------------------------
+# --- a few files or items ---------------------------------------------------------------------
 
 
-class _Chunks(torch.utils.data.Dataset):
-    """Consecutive chunks of a dataset, each decoded to (uint8 tensor, "") or (None, error)."""
-
-    def __init__(self, dataset: ImageDataset, size: int):
-        self.dataset, self.size = dataset, size
-
-    def __len__(self) -> int:
-        """Number of chunks."""
-        return -(-len(self.dataset) // self.size)
-
-    def __getitem__(self, j: int) -> tuple[torch.Tensor | None, str]:
-        """Chunk j, or the message of its first bad image (kept one line across processes)."""
-        stop = min(len(self.dataset), (j + 1) * self.size)
+def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
+    """Image files as uint8 RGB (N, 3, R, R): centre-cropped and resized like the datasets."""
+    images = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DdimError(f"image not found: {path}")
         try:
-            return torch.stack([self.dataset[i] for i in range(j * self.size, stop)]), ""
-        except DdimError as exc:
-            return None, str(exc)
+            with Image.open(path) as image:
+                image = fit_image(image.convert("RGB"), resolution)
+        except _DECODE_ERRORS as error:
+            raise DdimError(f"cannot read image {path}: {error}") from None
+        images.append(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()))
+    return torch.stack(images)
 
 
-def load_all(
-    dataset: ImageDataset,
-    *,
-    workers: int = 0,
-    progress: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> torch.Tensor:
-    """Decode every item once into one uint8 CPU tensor (N, 3, R, R), in order.
-
-    workers > 0 decodes in that many DataLoader worker processes. With cache_dir, the result is
-    stored there as <name>-<key hash>.safetensors (tensor "images", metadata "key" =
-    `dataset.fingerprint()`) and read back instead of decoding while the files and options match
-    (arrays that need no decoding, like CIFAR batches at 32x32, are returned without a cache).
-    """
-    if workers < 0:
-        raise DdimError(f"workers must be >= 0, got {workers}")
-    if cache_dir is None or dataset.as_array() is not None:  # nothing to decode: no cache
-        return _decode_all(dataset, workers, progress)
-    key = dataset.fingerprint()
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"{dataset.path.stem}-{digest}.safetensors"
-    images = _read_cache(cache, key)
-    if images is None:
-        images = _decode_all(dataset, workers, progress)
-        _write_cache(cache, key, images)
-    return images
-
-
-def _decode_all(dataset: ImageDataset, workers: int, progress: bool) -> torch.Tensor:
-    """Decode all items in order, chunk by chunk, with a progress bar."""
-    ready = dataset.as_array()
-    if ready is not None:
-        return ready
-    r = dataset.resolution
-    out = torch.empty((len(dataset), 3, r, r), dtype=torch.uint8)
-    chunks = _Chunks(dataset, DECODE_CHUNK)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=workers)
-    with tqdm(total=len(dataset), desc=f"decoding {dataset.path.name}", unit="img",
-              disable=not progress) as bar:
-        for j, (images, error) in enumerate(loader):
-            if images is None:
-                raise DdimError(error)
-            out[j * DECODE_CHUNK: j * DECODE_CHUNK + len(images)] = images
-            bar.update(len(images))
-    return out
-
-
-def _read_cache(cache: Path, key: str) -> torch.Tensor | None:
-    """The cached images if the file exists and was made for this key, else None."""
-    if not cache.is_file():
-        return None
-    try:
-        with safetensors.safe_open(str(cache), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-            return f.get_tensor("images")
-    except (OSError, safetensors.SafetensorError):
-        return None
-
-
-def _write_cache(cache: Path, key: str, images: torch.Tensor) -> None:
-    """Write the images and their key atomically (temporary file, then rename)."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-    save_file({"images": images.contiguous()}, str(partial), metadata={"key": key})
-    os.replace(partial, cache)
-
-
-# --- endless training batches -----------------------------------------------------------------
-
-
-def epoch_order(num_items: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return one epoch's (permutation, flip mask) from a CPU generator seeded by (seed, epoch).
-
-    The generator is always on the CPU so the order is the same on every device and machine.
-    """
-    digest = hashlib.sha256(f"ddim.data:{seed}:{epoch}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    order = torch.randperm(num_items, generator=generator)
-    flips = torch.randint(0, 2, (num_items,), generator=generator, dtype=torch.bool)
-    return order, flips
-
-
-class _Stream:
-    """The endless concatenation of epoch orders, with the current epoch's copy on the device."""
-
-    def __init__(self, num_items: int, seed: int, device: torch.device):
-        self.num_items, self.seed, self.device = num_items, seed, device
-        self.epoch, self.order, self.flips = -1, None, None
-
-    def take(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item indices and flip bits at stream positions [start, start + count)."""
-        orders, flips = [], []
-        while count > 0:
-            epoch, offset = divmod(start, self.num_items)
-            self._load(epoch)
-            n = min(count, self.num_items - offset)
-            orders.append(self.order[offset: offset + n])
-            flips.append(self.flips[offset: offset + n])
-            start, count = start + n, count - n
-        return torch.cat(orders), torch.cat(flips)
-
-    def _load(self, epoch: int) -> None:
-        """Make epoch's order current, copied to the device without blocking the host."""
-        if epoch == self.epoch:
-            return
-        order, flips = epoch_order(self.num_items, self.seed, epoch)
-        if self.device.type == "cuda":
-            order, flips = order.pin_memory(), flips.pin_memory()
-        self.order = order.to(self.device, non_blocking=True)
-        self.flips = flips.to(self.device, non_blocking=True)
-        self.epoch = epoch
-
-
-def infinite_batches(
-    images: torch.Tensor,
-    batch_size: int,
-    *,
-    seed: int,
-    random_flip: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    start_step: int = 0,
-) -> Iterator[torch.Tensor]:
-    """Yield this rank's float [-1, 1] batches (batch_size, C, H, W) forever, on images' device.
-
-    The data stream is epoch 0's permutation, then epoch 1's, ... (`epoch_order`), read without
-    gaps across epoch ends. Step s's global batch is stream positions [s·G, (s+1)·G) with
-    G = batch_size·world_size, and rank r takes positions [s·G + r·B, s·G + (r+1)·B): the ranks'
-    shards concatenated are exactly the one-process batch of size G. start_step=N jumps straight
-    to step N. Each item is mirrored left-right when its epoch's flip bit is set (random_flip).
-    """
-    _check_batch_args(images, batch_size, rank, world_size, start_step)
-    stream = _Stream(len(images), seed, images.device)
-    step = start_step
-    while True:
-        index, flip = stream.take((step * world_size + rank) * batch_size, batch_size)
-        batch = images[index]
-        if random_flip:
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
-        yield to_model_range(batch)
-        step += 1
-
-
-def _check_batch_args(images: torch.Tensor, batch_size: int, rank: int, world_size: int,
-                      start_step: int) -> None:
-    """Reject bad arguments to infinite_batches with a DdimError naming the value."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
-        raise DdimError(f"images must be a non-empty uint8 (N, C, H, W) tensor, got "
-                        f"{images.dtype} {tuple(images.shape)}")
-    if batch_size < 1:
-        raise DdimError(f"batch_size must be >= 1, got {batch_size}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise DdimError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if start_step < 0:
-        raise DdimError(f"start_step must be >= 0, got {start_step}")
+def take_images(dataset: ImageDataset, indices: Sequence[int]) -> torch.Tensor:
+    """Items `indices` of a dataset as one uint8 tensor (N, C, H, W); bad indices are errors."""
+    for i in indices:
+        if not 0 <= i < len(dataset):
+            raise DdimError(f"index {i} is out of range for {len(dataset)} images")
+    return torch.stack([dataset[i] for i in indices])

@@ -2,7 +2,6 @@
 signals and crashes never lose a checkpoint."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -14,40 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import ddim.train as train_module
+import ddim.training.recipe as recipe_module
 from ddim.checkpoint import load_checkpoint
-from ddim.config import apply_overrides, load_config
 from ddim.errors import DdimError
-from ddim.train import latest_checkpoint, new_run_dir, train
-
-SMALL = [
-    "model.ch=32",
-    "model.ch_mult=[1, 2]",
-    "model.attn_resolutions=[4]",
-    "data.image_size=8",
-    "training.batch_size=8",
-    "training.warmup=5",
-    "training.snapshot_freq=1000",
-    "model.ema_rate=0.9",
-]
-
-
-def blobs(n=64, size=8, seed=0):
-    """Smooth synthetic uint8 images (N, 3, size, size): a bright disc on a tinted background."""
-    g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images = np.empty((n, 3, size, size), np.uint8)
-    for k in range(n):
-        cy, cx, r = g.uniform(2, size - 2, 2).tolist() + [g.uniform(1.5, 3)]
-        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.float64)
-        colour = g.uniform(0, 255, 3)
-        for c in range(3):
-            images[k, c] = np.clip(40 + disc * colour[c], 0, 255)
-    return torch.from_numpy(images)
-
-
-def small_config(*extra):
-    return apply_overrides(load_config("tiny"), [*SMALL, *extra])
+from ddim.training import latest_checkpoint, new_run_dir, train
 
 
 def weights(path):
@@ -55,7 +24,7 @@ def weights(path):
     return ckpt.model_state, ckpt.ema_state
 
 
-def test_loss_falls(tmp_path):
+def test_loss_falls(tmp_path, blobs, small_config):
     config = small_config("training.n_iters=120", "training.lr=1e-3")
     last = train(config, tmp_path, images=blobs(), log_every=20, sample_every=0, progress=False)
     losses = [
@@ -67,7 +36,7 @@ def test_loss_falls(tmp_path):
     assert (tmp_path / "config.yml").exists()
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, blobs, small_config):
     config = small_config("training.n_iters=8", "model.dropout=0.1")
     images = blobs()
     straight = train(config, tmp_path / "a", images=images, sample_every=0, progress=False)
@@ -82,7 +51,7 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(e1[key], e2[key], rtol=1e-6, atol=1e-7)
 
 
-def test_sample_grid_and_run_dirs(tmp_path):
+def test_sample_grid_and_run_dirs(tmp_path, blobs, small_config):
     config = small_config("training.n_iters=2", "sampling.steps=3")
     train(config, tmp_path, images=blobs(16), checkpoint_every=2, progress=False)
     assert (tmp_path / "samples" / "step-00000002.png").exists()
@@ -90,9 +59,11 @@ def test_sample_grid_and_run_dirs(tmp_path):
     assert first.name == "00000-x" and second.name == "00001-x"
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch, blobs, small_config
+):
     config = small_config("training.n_iters=6")
-    real = train_module.simple_loss
+    real = recipe_module.simple_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -100,7 +71,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 3 else loss
 
-    monkeypatch.setattr(train_module, "simple_loss", poisoned)
+    monkeypatch.setattr(recipe_module, "simple_loss", poisoned)
     with pytest.raises(DdimError, match="non-finite"):
         train(config, tmp_path, images=blobs(), checkpoint_every=2, log_every=1, progress=False)
     good = latest_checkpoint(tmp_path)
@@ -108,27 +79,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in weights(good)[0].values())
 
 
-def write_npz(path, images):
-    np.savez(path, arr_0=images.permute(0, 2, 3, 1).numpy())
-    return path
-
-
-def cli_train(*args, env=None):
-    return [
-        sys.executable,
-        "-m",
-        "ddim",
-        "train",
-        "--config",
-        "tiny",
-        *[a for o in SMALL for a in ("--set", o)],
-        "--device",
-        "cpu",
-        *args,
-    ]
-
-
-def test_two_process_torchrun_equals_one_process(tmp_path):
+def test_two_process_torchrun_equals_one_process(tmp_path, blobs, cli_train, write_npz):
     data = write_npz(tmp_path / "blobs.npz", blobs())
     common = [
         "--data",
@@ -175,7 +126,9 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
         torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
 
 
-def test_sigterm_writes_a_checkpoint_and_sigkill_loses_nothing(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_sigkill_loses_nothing(
+    tmp_path, blobs, cli_train, write_npz
+):
     data = write_npz(tmp_path / "blobs.npz", blobs())
     run_dir = tmp_path / "run"
     command = cli_train(
@@ -210,21 +163,23 @@ def test_sigterm_writes_a_checkpoint_and_sigkill_loses_nothing(tmp_path):
         proc.wait()
         steps.append(load_checkpoint(latest_checkpoint(run_dir)).step)
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
-    proc = subprocess.Popen(
-        command + ["--resume", str(run_dir)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    _wait_for_checkpoint(run_dir, after_step=steps[-1], timeout=120)
-    before = load_checkpoint(latest_checkpoint(run_dir)).step
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    log = tmp_path / "resume.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            command + ["--resume", str(run_dir)], env=env, stdout=subprocess.DEVNULL,
+            stderr=stderr, text=True,
+        )
+        _wait_for_checkpoint(run_dir, after_step=steps[-1], timeout=120)
+        before = load_checkpoint(latest_checkpoint(run_dir)).step
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
     assert proc.returncode == 0
     after = load_checkpoint(latest_checkpoint(run_dir)).step
-    assert after >= before and f"stopped by signal {int(signal.SIGTERM)} at step {after}" in out
-    assert math.isfinite(after)
+    message = f"stopped by signal {int(signal.SIGTERM)} at step {after}"
+    assert after >= before and message in log.read_text()
+    final = load_checkpoint(latest_checkpoint(run_dir))
+    assert final.load_train_state()["step"] == after  # weights and their training state agree
+    assert all(torch.isfinite(v).all() for v in final.model_state.values())
 
 
 def _wait_for_checkpoint(run_dir: Path, after_step: int, timeout: float):

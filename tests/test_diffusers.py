@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from ddim.checkpoint import load_checkpoint, save_checkpoint
-from ddim.cli import main
-from ddim.config import ModelConfig, apply_overrides, load_config
-from ddim.convert import (
+from ddim.checkpoint.diffusers import (
     diffusers_key,
     diffusers_scheduler_config,
     diffusers_unet_config,
@@ -22,8 +20,10 @@ from ddim.convert import (
     require_diffusers,
     to_diffusers_state,
 )
+from ddim.cli import main
+from ddim.config import ModelConfig, apply_overrides, load_config
 from ddim.errors import DdimError
-from ddim.unet import UNet
+from ddim.network.unet import UNet
 
 # Official name -> diffusers UNet2DModel name for the CIFAR-10 model (4 levels, attention at
 # level 1); diffusers numbers its up blocks from the bottom.

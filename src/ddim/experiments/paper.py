@@ -10,7 +10,6 @@ so its bookkeeping (cells, resuming, tables, the plot) runs without Inception.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -18,15 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-from ddim.data import fit_image, to_model_range, to_uint8
+from ddim.data import to_model_range, to_uint8
+from ddim.diffusion.eps_model import EpsModel
+from ddim.diffusion.samplers import (
+    encode,
+    generators_from_seeds,
+    randn,
+    reconstruct,
+    sample,
+    slerp_path,
+)
+from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
 from ddim.generate import SamplerSpec
-from ddim.samplers import encode, generators_from_seeds, randn, reconstruct, sample, slerp
-from ddim.schedule import timesteps
-
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # The paper's CIFAR-10 FIDs (Song, Meng & Ermon, ICLR 2021, Table 1, CIFAR10 (32 × 32) columns),
 # for S = 10, 20, 50, 100, 1000; η = 1.0 and σ̂ are DDPM with β̃ and with β = σ̂.
@@ -40,30 +44,7 @@ PAPER_TABLE1_CIFAR10 = {
 }
 
 
-# --- images in ---------------------------------------------------------------------------------
-
-
-def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
-    """Image files as uint8 RGB (N, 3, R, R): centre-cropped and resized like the datasets."""
-    images = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise DdimError(f"image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                image = fit_image(image.convert("RGB"), resolution)
-        except OSError as error:
-            raise DdimError(f"cannot read image {path}: {error}") from None
-        images.append(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()))
-    return torch.stack(images)
-
-
-def take_images(dataset, indices: Sequence[int]) -> torch.Tensor:
-    """Items `indices` of a dataset as one uint8 tensor (N, C, H, W); bad indices are errors."""
-    for i in indices:
-        if not 0 <= i < len(dataset):
-            raise DdimError(f"index {i} is out of range for {len(dataset)} images")
-    return torch.stack([dataset[i] for i in indices])
+# --- batches ----------------------------------------------------------------------------------
 
 
 def _batches(n: int, batch: int) -> Iterator[slice]:
@@ -189,14 +170,6 @@ def reconstruction_markdown(rows: Sequence[dict], n: int) -> str:
 def seed_latents(seeds: Sequence[int], shape: Sequence[int], device) -> torch.Tensor:
     """x_T of `seeds` exactly as `ddim sample` draws them (one generator per seed)."""
     return randn((len(seeds), *shape), generators_from_seeds(seeds, device), device=device)
-
-
-def slerp_path(z0: torch.Tensor, z1: torch.Tensor, num: int) -> torch.Tensor:
-    """`num` latents slerped from z0 to z1 (C, H, W) at α = 0, 1/(num−1), …, 1; ends are exact."""
-    if num < 2:
-        raise DdimError(f"--num must be >= 2, got {num}")
-    alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z0.device).view(-1, 1, 1, 1)
-    return slerp(z0.expand(num, *z0.shape), z1.expand(num, *z1.shape), alphas)
 
 
 def interpolate_latents(
@@ -371,84 +344,8 @@ def _paper_value(paper: dict | None, row: str, S: int) -> float | None:
     return paper[row][PAPER_STEPS.index(S)]
 
 
-# --- the FID-vs-S plot, drawn with PIL ---------------------------------------------------------
-
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127)]
-
-
-def plot_series(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[int, int]]]:
-    """Pixel coordinates of (S, FID) points on the plot's log-x, linear-y axes (for testing)."""
-    return _Axes(series).pixels()
-
-
-class _Axes:
-    """Data → pixel mapping for a 640×420 plot with log10 x and linear y."""
-
-    W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 420, 60, 150, 20, 40
-
-    def __init__(self, series: dict[str, list[tuple[float, float]]]):
-        self.series = {k: [(x, y) for x, y in v if x > 0 and math.isfinite(y)]
-                       for k, v in series.items()}
-        points = [p for v in self.series.values() for p in v] or [(1.0, 0.0)]
-        xs, ys = [math.log10(x) for x, _ in points], [y for _, y in points]
-        self.x0, self.x1 = min(xs) - 0.1, max(xs) + 0.1
-        self.y0, self.y1 = 0.0, max(ys) * 1.05 or 1.0
-
-    def xy(self, x: float, y: float) -> tuple[int, int]:
-        """Pixel of data point (x, y)."""
-        span_x, span_y = self.W - self.LEFT - self.RIGHT, self.H - self.TOP - self.BOTTOM
-        px = self.LEFT + (math.log10(x) - self.x0) / (self.x1 - self.x0) * span_x
-        py = self.H - self.BOTTOM - (y - self.y0) / (self.y1 - self.y0) * span_y
-        return round(px), round(py)
-
-    def pixels(self) -> dict[str, list[tuple[int, int]]]:
-        """Every series' points in pixels."""
-        return {k: [self.xy(x, y) for x, y in v] for k, v in self.series.items()}
-
-
-def plot_fid_vs_steps(series: dict[str, list[tuple[float, float]]], path: str | Path) -> Path:
-    """Draw FID against S (log x axis), one line per row, with a legend; save a PNG."""
-    axes = _Axes(series)
-    image = Image.new("RGB", (axes.W, axes.H), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    _draw_frame(draw, font, axes, sorted({x for v in axes.series.values() for x, _ in v}))
-    for k, (name, points) in enumerate(axes.pixels().items()):
-        color = _COLORS[k % len(_COLORS)]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2)
-        for px, py in points:
-            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
-        top = axes.TOP + 10 + 16 * k
-        draw.line((axes.W - axes.RIGHT + 10, top + 6, axes.W - axes.RIGHT + 30, top + 6),
-                  fill=color, width=2)
-        draw.text((axes.W - axes.RIGHT + 35, top), name, fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
-def _draw_frame(draw: ImageDraw.ImageDraw, font, axes: _Axes, xticks: Sequence[float]) -> None:
-    """Axes lines, ticks at each S and five y ticks, and axis titles."""
-    bottom, right = axes.H - axes.BOTTOM, axes.W - axes.RIGHT
-    draw.line((axes.LEFT, axes.TOP, axes.LEFT, bottom, right, bottom), fill="black")
-    for x in xticks:
-        px, _ = axes.xy(x, axes.y0)
-        draw.line((px, bottom, px, bottom + 4), fill="black")
-        draw.text((px - 8, bottom + 6), f"{x:g}", fill="black", font=font)
-    for k in range(6):
-        y = axes.y0 + (axes.y1 - axes.y0) * k / 5
-        _, py = axes.xy(10**axes.x0, y)
-        draw.line((axes.LEFT - 4, py, axes.LEFT, py), fill="black")
-        draw.text((5, py - 6), f"{y:.1f}", fill="black", font=font)
-    draw.text(((axes.LEFT + right) // 2 - 40, axes.H - 16), "S (log scale)", fill="black",
-              font=font)
-    draw.text((axes.LEFT + 5, 4), "FID", fill="black", font=font)
-
-
 def table_series(record: dict) -> dict[str, list[tuple[float, float]]]:
-    """(S, FID) points per row of a table record, ordered by S, for `plot_fid_vs_steps`."""
+    """(S, FID) points per row of a table record, ordered by S, for `report.save_plot`."""
     series: dict[str, list[tuple[float, float]]] = {}
     for row in _rows_in_order(record["cells"]):
         cells = [c for c in record["cells"].values() if c["row"] == row]

@@ -7,24 +7,9 @@
     sampling   DDIM defaults: number of steps S, sub-sequence kind, η
 
 A config holds no runtime objects (no devices, no modules, no tensors): it round-trips through
-`Config.to_dict()` / `Config.from_dict()` and through YAML unchanged, and `from_dict` is strict:
-an unknown key or a value of the wrong type is a `DdimError` naming the key.
-
-Reading the official files. `load_config(path)` also reads ermongroup/ddim's `configs/*.yml` as
-they are. Their extra keys are handled by explicit tables, never silently:
-
-- `OFFICIAL_RENAMES` moves the `optim:` section into `training` (`optim.lr` → `training.lr`, ...);
-- `OFFICIAL_FIXED` lists keys we accept only with the value our pipeline implements (e.g.
-  `data.logit_transform: false`, `optim.optimizer: Adam`); any other value is an error;
-- `OFFICIAL_DROPPED` lists keys that have no effect here (`training.n_epochs`, `sampling.last_only`,
-  ...); they are dropped. Any key in none of the tables is an error;
-- a file with an `optim:` section is official, and where it is silent the official training code's
-  behaviour applies (`OFFICIAL_TRAINING`: no warm-up, summed loss, no clipping, antithetic t).
-
-The packaged configs (`ddim/configs/<name>.yml`, names in `CONFIG_NAMES`) hold the official
-values; the fields the official files leave out take the DDPM paper's values (Ho et al. 2020,
-App. B and its released code): learning-rate warm-up of 5000 steps, the mean-reduced loss and
-t drawn independently per image.
+`Config.to_dict()` / `Config.from_dict()` unchanged, and `from_dict` is strict: an unknown key or
+a value of the wrong type is a `DdimError` naming the key. Reading and writing YAML, and the
+official files' keys, are in `ddim.config.files`.
 """
 
 from __future__ import annotations
@@ -33,15 +18,15 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+import torch
 
+from ddim.diffusion.samplers import check_eta
+from ddim.diffusion.schedule import BetaSchedule, Skip, make_betas
 from ddim.errors import DdimError
-from ddim.schedule import BetaSchedule, Skip
 
+# The configs packaged as ddim/configs/<name>.yml.
 CONFIG_NAMES: tuple[str, ...] = ("cifar10", "celeba", "church", "bedroom", "tiny")
 
 
@@ -120,6 +105,12 @@ class DiffusionConfig:
             ">= 1",
         )
 
+    def betas(self) -> torch.Tensor:
+        """β_1..β_T (float64) of this schedule (`ddim.diffusion.schedule.make_betas`)."""
+        return make_betas(
+            self.beta_schedule, self.num_diffusion_timesteps, self.beta_start, self.beta_end
+        )
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -146,11 +137,12 @@ class TrainingConfig:
 
     `loss` reduces the squared error over pixels by mean (DDPM) or sum (the official DDIM code);
     `antithetic` pairs each t with T − 1 − t in a batch (the official DDIM code);
-    `init` is DDPM's TF initialisation (`reference`, see `ddim.unet.reference_init_`) or PyTorch's
-    default (`pytorch`, the official DDIM code);
+    `init` is DDPM's TF initialisation (`reference`, see `ddim.network.unet.reference_init_`) or
+    PyTorch's default (`pytorch`, the official DDIM code);
     `ema_halflife_kimg`, when set, replaces `model.ema_rate` by 0.5^(batch / (1000 · half-life));
     `ema_rampup_ratio` r, when set, caps the half-life at r times the images seen (EDM), so the
-    EMA of a short run averages its recent weights, not its initial ones (`ddim.train.ema_decay`).
+    EMA of a short run averages its recent weights, not its initial ones
+    (`ddim.training.recipe.ema_decay`).
     """
 
     batch_size: int = 128
@@ -198,7 +190,7 @@ class SamplingConfig:
     def __post_init__(self):
         _require(self.batch_size >= 1, "sampling.batch_size", self.batch_size, ">= 1")
         _require(self.steps >= 1, "sampling.steps", self.steps, ">= 1")
-        _require(self.eta >= 0, "sampling.eta", self.eta, ">= 0")
+        check_eta(self.eta, "sampling.eta")
 
 
 @dataclass(frozen=True)
@@ -249,46 +241,6 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "sampling": SamplingConfig,
 }
-
-# Official key -> our key (see the module docstring).
-OFFICIAL_RENAMES: dict[str, str] = {
-    "optim.lr": "training.lr",
-    "optim.grad_clip": "training.grad_clip",
-    "optim.beta1": "training.adam_beta1",
-    "optim.eps": "training.adam_eps",
-    "optim.weight_decay": "training.weight_decay",
-}
-# Official keys accepted only with these values: the behaviour our pipeline implements.
-OFFICIAL_FIXED: dict[str, Any] = {
-    "data.logit_transform": False,
-    "data.uniform_dequantization": False,
-    "data.gaussian_dequantization": False,
-    "data.rescaled": True,
-    "optim.optimizer": "Adam",
-    "optim.amsgrad": False,
-}
-# What the official training code does where its yml says nothing: no warm-up, the loss summed
-# over pixels (`.sum(dim=(1, 2, 3))`), no clipping when `optim.grad_clip` is absent, and
-# antithetic timesteps (t paired with T − 1 − t), and PyTorch's default initialisation.
-OFFICIAL_TRAINING: dict[str, Any] = {
-    "warmup": 0,
-    "loss": "sum",
-    "grad_clip": None,
-    "antithetic": True,
-    "init": "pytorch",
-}
-# Official keys without effect here: training stops at n_iters; validation and `last_only` are
-# not part of this library; `log_step` and `ckpt_id` are run-time choices of the official CLI.
-OFFICIAL_DROPPED: frozenset[str] = frozenset(
-    {
-        "training.n_epochs",
-        "training.validation_freq",
-        "training.log_step",
-        "sampling.last_only",
-        "sampling.ckpt_id",
-    }
-)
-
 
 def _require(ok: bool, key: str, value: Any, what: str) -> None:
     """Raise a one-line DdimError naming `key` unless `ok`."""
@@ -354,90 +306,3 @@ def _coerce_scalar(key: str, value: Any, hint: type) -> Any:
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise DdimError(f"{key}={value!r} must be of type {hint.__name__}")
-
-
-def _flatten(d: dict[str, Any]) -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}, two levels deep (section.key)."""
-    flat = {}
-    for section, values in d.items():
-        values = _or_empty(values)
-        if not isinstance(values, dict):
-            raise DdimError(f"config section {section!r} must be a mapping, got {values!r}")
-        flat.update({f"{section}.{k}": v for k, v in values.items()})
-    return flat
-
-
-def from_official_dict(d: dict[str, Any]) -> Config:
-    """Build a config from a dict in the official ermongroup/ddim yml layout (or ours)."""
-    ours: dict[str, dict[str, Any]] = {}
-    if "optim" in d:  # the official layout: start from what the official code does
-        ours["training"] = dict(OFFICIAL_TRAINING)
-    for key, value in _flatten(d).items():
-        if key in OFFICIAL_DROPPED:
-            continue
-        if key in OFFICIAL_FIXED:
-            if value != OFFICIAL_FIXED[key]:
-                raise DdimError(f"{key}={value!r} is not supported (only {OFFICIAL_FIXED[key]!r})")
-            continue
-        key = OFFICIAL_RENAMES.get(key, key)
-        section, name = key.split(".", 1)
-        ours.setdefault(section, {})[name] = value
-    return Config.from_dict(ours)
-
-
-def load_config(name_or_path: str | Path) -> Config:
-    """Load a packaged config by name (`cifar10`, `tiny`, ...) or a yml file, ours or official."""
-    text, source = _read_config_text(name_or_path)
-    try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DdimError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(d, dict):
-        raise DdimError(f"{source} does not hold a mapping of config sections")
-    return from_official_dict(d)
-
-
-def _read_config_text(name_or_path: str | Path) -> tuple[str, str]:
-    """The YAML text of a packaged config or a file, and a name for it in error messages."""
-    if str(name_or_path) in CONFIG_NAMES:
-        package_file = resources.files("ddim") / "configs" / f"{name_or_path}.yml"
-        return package_file.read_text(encoding="utf-8"), f"config {name_or_path!r}"
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise DdimError(
-            f"no config file {str(path)!r} and no packaged config of that name "
-            f"(packaged: {', '.join(CONFIG_NAMES)})"
-        )
-    return path.read_text(encoding="utf-8"), f"config file {str(path)!r}"
-
-
-class _FlowListDumper(yaml.SafeDumper):
-    """A YAML dumper that writes lists inline ([1, 2, 2, 2]) and mappings as blocks."""
-
-
-_FlowListDumper.add_representer(
-    list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
-)
-
-
-def dump_config(config: Config) -> str:
-    """The config as YAML text, in our layout; `load_config` reads it back to an equal config."""
-    return yaml.dump(config.to_dict(), Dumper=_FlowListDumper, sort_keys=False)
-
-
-def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """Return a copy of `config` with 'section.key=value' overrides (values parsed as YAML)."""
-    d = config.to_dict()
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise DdimError(f"override {item!r} is not of the form section.key=value")
-        section, dot, name = key.partition(".")
-        if not dot or section not in d or name not in d[section]:
-            raise DdimError(f"unknown key {key!r} in override {item!r}")
-        try:
-            d[section][name] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise DdimError(f"cannot parse the value in override {item!r}") from None
-    return Config.from_dict(d)

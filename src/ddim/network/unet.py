@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddim.config import ModelConfig
+from ddim.config.schema import ModelConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ddim.diffusion.eps_model import EpsModel
+from ddim.diffusion.schedule import alpha_bar_at, alpha_bars, timesteps
 from ddim.errors import DdimError
-from ddim.schedule import alpha_bar_at, alpha_bars, timesteps
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -64,6 +64,18 @@ class Step:
 
 
 # --- the update --------------------------------------------------------------------------------
+
+
+def check_eta(eta: float, name: str = "eta") -> float:
+    """η of eq. 16 as a float; anything but a finite number ≥ 0 is a DdimError naming `name`.
+
+    η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0).
+    """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise DdimError(f"{name}={eta!r} must be a number")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise DdimError(f"{name}={eta!r} must be finite and >= 0")
+    return float(eta)
 
 
 def ddim_sigma(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:
@@ -123,8 +135,7 @@ def _pairs(betas: torch.Tensor, seq: Sequence[int]) -> list[tuple[int, int, floa
 
 def ddim_plan(betas: torch.Tensor, seq: Sequence[int], eta: float = 0.0) -> list[PlanStep]:
     """Steps of the generalized sampler (eq. 12) over τ = `seq`, with σ_τi(η) from eq. 16."""
-    if not eta >= 0:
-        raise DdimError(f"eta must be >= 0, got {eta}")
+    eta = check_eta(eta)
     steps = []
     for t, s, a_t, a_s in _pairs(betas, seq):
         sigma = ddim_sigma(a_t, a_s, eta)
@@ -311,6 +322,16 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> to
     return (w0 * z0.double() + w1 * z1.double()).to(z0.dtype)
 
 
+def slerp_path(z0: torch.Tensor, z1: torch.Tensor, num: int) -> torch.Tensor:
+    """`num` latents slerped from z0 to z1 (each (C, H, W)) at α = 0, 1/(num−1), …, 1; the ends
+    are z0 and z1 exactly."""
+    if num < 2:
+        raise DdimError(f"an interpolation needs num >= 2 images, got {num}")
+    alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z0.device)
+    alphas = alphas.view(-1, *([1] * z0.dim()))
+    return slerp(z0.expand(num, *z0.shape), z1.expand(num, *z1.shape), alphas)
+
+
 def interpolate(
     eps_model: EpsModel,
     x0_a: torch.Tensor,
@@ -321,13 +342,10 @@ def interpolate(
     skip: str = "uniform",
     num: int = 8,
 ) -> torch.Tensor:
-    """Interpolate two images through their DDIM encodings: encode, slerp, decode.
+    """Interpolate two images through their DDIM encodings: encode, slerp, decode (App. D.5).
 
     `x0_a` and `x0_b` are single images (C, H, W) in [−1, 1]; returns (num, C, H, W), the first
     and last being the reconstructions of `x0_a` and `x0_b`.
     """
     z = encode(eps_model, torch.stack([x0_a, x0_b]), betas, steps=steps, skip=skip)
-    alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z.device)
-    alphas = alphas.view(-1, *([1] * (z.dim() - 1)))
-    z_path = slerp(z[:1].expand(num, *z.shape[1:]), z[1:].expand(num, *z.shape[1:]), alphas)
-    return sample(eps_model, z_path, betas, steps=steps, skip=skip, eta=0.0)
+    return sample(eps_model, slerp_path(z[0], z[1], num), betas, steps=steps, skip=skip, eta=0.0)

@@ -1,4 +1,4 @@
-"""Convert U-Net weights between the official layout (ours) and a diffusers folder.
+"""The diffusers layout: U-Net weights between the official names (ours) and a diffusers folder.
 
 A diffusers folder for DDIM sampling is
 
@@ -33,16 +33,16 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from ddim.checkpoint import (
+from ddim.checkpoint.weights import (
     Checkpoint,
-    atomic_write,
     check_weights_fit,
     load_weights_only,
     strip_wrapper_prefixes,
 )
 from ddim.config import Config, DataConfig, DiffusionConfig, ModelConfig, SamplingConfig
 from ddim.errors import DdimError
-from ddim.unet import UNet
+from ddim.files import atomic_write, write_text
+from ddim.network.unet import UNet
 
 _RESNET_PARTS = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut"}
 _ATTN_PARTS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
@@ -251,7 +251,7 @@ def export_diffusers(checkpoint: Checkpoint, folder: str | Path, *, use_ema: boo
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     """Atomically write indented JSON."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

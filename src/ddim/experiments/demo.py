@@ -1,9 +1,9 @@
 """`ddim demo`: the whole flow on the CPU in minutes, ending in a one-page report.
 
-shapes (uint8, `ddim.shapes`, no download) → `train` (the tiny config) → checkpoint → DDIM (η = 0)
-and DDPM (σ̂, the large variance) at several S → sample grids, a pixel-FD and time table and plot,
-an interpolation strip (slerp of x_T, DDIM App. D.5) and a reconstruction row (encode → decode,
-DDIM Sec. 5.4) → `report.html` and `report.md` in the output folder.
+shapes (uint8, `ddim.data.shapes`, no download) → `train` (the tiny config) → checkpoint → DDIM
+(η = 0) and DDPM (σ̂, the large variance) at several S → sample grids, a pixel-FD and time table
+and plot, an interpolation strip (slerp of x_T, DDIM App. D.5) and a reconstruction row
+(encode → decode, DDIM Sec. 5.4) → `report.html` and `report.md` in the output folder.
 
 "Pixel FD" is the Fréchet distance of Gaussians fitted to 8×8-downsampled pixels in [0, 1] of the
 generated images and of held-out shapes: a cheap stand-in for FID (no Inception network), on its
@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from ddim.checkpoint import load_model
 from ddim.config import Config, apply_overrides, load_config
 from ddim.data import to_model_range, to_uint8
+from ddim.data.shapes import shapes
+from ddim.diffusion.samplers import generators_from_seeds, randn, reconstruct, sample, slerp_path
 from ddim.errors import DdimError
+from ddim.experiments.report import Panel, save_plot, write_report
 from ddim.fid import frechet_distance, statistics
-from ddim.generate import SamplerSpec, betas_of, eps_model_for, sample_batch
+from ddim.files import write_text
+from ddim.generate import SamplerSpec, sample_batch
 from ddim.images import grid
-from ddim.samplers import generators_from_seeds, randn, reconstruct, sample, slerp
-from ddim.shapes import shapes
-from ddim.train import train
+from ddim.network.precision import eps_model_for
+from ddim.training import train
 
 HELD_OUT = 1_000_003  # held-out shapes: seed + HELD_OUT, a stream apart from training
 SCALE = 4  # PNGs are written at 4× (nearest neighbour) so 16×16 images are visible
@@ -141,13 +144,14 @@ def run_demo(
         raise DdimError(f"training stopped at step {training['steps']} of {settings.steps}")
 
     net, config = load_model(ckpt, device=device)
-    eps_model = eps_model_for(net, amp=False, channels_last=False)
+    eps_model = eps_model_for(net)
     reference = statistics(pixel_features(held_out))
     floor = pixel_fd(data[: settings.eval_images], reference)
-    results = _evaluate(eps_model, betas_of(config), reference, out, settings, device, progress)
+    betas = config.diffusion.betas()
+    results = _evaluate(eps_model, betas, reference, out, settings, device, progress)
     _plot(results, out / "quality_time.png")
-    _interpolation_strips(eps_model, betas_of(config), out, settings, device)
-    recon_rmse = _reconstruction_row(eps_model, betas_of(config), held_out, out, settings, device)
+    _interpolation_strips(eps_model, betas, out, settings, device)
+    recon_rmse = _reconstruction_row(eps_model, betas, held_out, out, settings, device)
     blocks = _report_blocks(command, settings, training, results, floor, recon_rmse)
     summary = {
         "training": training,
@@ -161,11 +165,8 @@ def run_demo(
 
 def _write_report(out: Path, blocks: list[tuple], summary: dict) -> Path:
     """report.md, report.html (the same blocks) and results.json; returns the HTML's path."""
-    (out / "report.md").write_text(_markdown(blocks), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    report = out / "report.html"
-    report.write_text(_html(blocks), encoding="utf-8")
-    return report
+    write_text(out / "results.json", json.dumps(summary, indent=2))
+    return write_report(out, blocks, "ddim demo")
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -232,10 +233,8 @@ def _interpolation_strips(eps_model, betas, out, settings, device) -> None:
     n, rows = settings.interpolation, []
     generators = generators_from_seeds(range(2 * settings.strips), device)
     x_T = randn((2 * settings.strips, 3, 16, 16), generators, device=device)
-    alphas = torch.linspace(0, 1, n, dtype=torch.float64, device=device).view(-1, 1, 1, 1)
     for i in range(settings.strips):
-        z0, z1 = (x_T[j : j + 1].expand(n, -1, -1, -1) for j in (2 * i, 2 * i + 1))
-        z = slerp(z0, z1, alphas)
+        z = slerp_path(x_T[2 * i], x_T[2 * i + 1], n)
         rows.append(to_uint8(sample(eps_model, z, betas, steps=settings.detail_steps, eta=0.0)))
     _save(torch.cat(rows), out / "interpolation.png", nrow=n)
 
@@ -251,7 +250,7 @@ def _reconstruction_row(eps_model, betas, held_out, out, settings, device) -> fl
     return float(diff.pow(2).mean().sqrt())
 
 
-# --- the plot (PIL; matplotlib is not a dependency) -------------------------------------------
+# --- the plot --------------------------------------------------------------------------------
 
 COLOURS = {"DDIM η=0": (31, 119, 180), "DDPM σ̂": (214, 39, 40)}
 LEGEND = {"DDIM η=0": "DDIM, eta = 0", "DDPM σ̂": "DDPM, large variance"}  # ASCII: any font
@@ -259,47 +258,14 @@ LEGEND = {"DDIM η=0": "DDIM, eta = 0", "DDPM σ̂": "DDPM, large variance"}  # 
 
 def _plot(results: list[SamplerResult], path: Path) -> Path:
     """Two panels side by side: pixel FD against S and seconds per image against S (log S)."""
-    canvas = Image.new("RGB", (880, 350), "white")
-    draw = ImageDraw.Draw(canvas)
-    _panel(draw, (60, 30, 420, 290), results, "pixel_fd", "pixel FD (lower is better)")
-    _panel(draw, (500, 30, 860, 290), results, "seconds_per_image", "seconds per image")
-    for k, label in enumerate(COLOURS):
-        draw.line((60 + 220 * k, 334, 90 + 220 * k, 334), fill=COLOURS[label], width=3)
-        draw.text((96 + 220 * k, 328), LEGEND[label], "black")
-    canvas.save(path)
-    return path
-
-
-def _panel(draw, box, results, field: str, title: str) -> None:
-    """One line per sampler of `field` against S on a log-S axis inside `box`."""
-    left, top, right, bottom = box
-    steps = sorted({r.steps for r in results})
-    values = [getattr(r, field) for r in results]
-    lo, hi = min(0.0, min(values)), max(values) * 1.1 or 1.0
-    s_lo, s_hi = np.log(steps[0]), np.log(steps[-1]) if len(steps) > 1 else np.log(steps[0]) + 1
-
-    def xy(s: int, v: float) -> tuple[float, float]:
-        fx = (np.log(s) - s_lo) / (s_hi - s_lo) if s_hi > s_lo else 0.5
-        return left + fx * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top)
-
-    draw.rectangle(box, outline="black")
-    draw.text((left, top - 18), title, "black")
-    draw.text(((left + right) / 2 - 40, bottom + 16), "S (network calls)", "black")
-    for s in steps:
-        x, _ = xy(s, lo)
-        draw.line((x, bottom, x, bottom + 4), fill="black")
-        draw.text((x - 6, bottom + 5), str(s), "black")
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        _, y = xy(steps[0], v)
-        draw.line((left - 4, y, left, y), fill="black")
-        draw.text((left - 52, y - 6), f"{v:.3g}", "black")
-    for label, colour in COLOURS.items():
-        points = [xy(r.steps, getattr(r, field)) for r in results if r.sampler == label]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    panels = []
+    for field, title in (("pixel_fd", "pixel FD (lower is better)"),
+                         ("seconds_per_image", "seconds per image")):
+        series = {LEGEND[label]: [(r.steps, getattr(r, field)) for r in results
+                                  if r.sampler == label] for label in COLOURS}
+        colors = {LEGEND[label]: colour for label, colour in COLOURS.items()}
+        panels.append(Panel(series, title=title, xlabel="S (network calls)", colors=colors))
+    return save_plot(panels, path)
 
 
 # --- the report: one list of blocks, rendered as Markdown and as HTML -------------------------
@@ -325,7 +291,7 @@ def _report_blocks(command, settings, training, results, floor, recon_rmse) -> l
         ("h2", "Data"),
         (
             "p",
-            f"{settings.train_images} procedurally generated 16×16 shapes (`ddim.shapes`; "
+            f"{settings.train_images} procedurally generated 16×16 shapes (`ddim.data.shapes`; "
             "our own generator, so no download and no licence terms). "
             f"The first {settings.grid_images}:",
         ),
@@ -386,58 +352,3 @@ def _report_blocks(command, settings, training, results, floor, recon_rmse) -> l
         ),
         ("img", "reconstruction.png", "originals and reconstructions"),
     ]
-
-
-def _markdown(blocks: list[tuple]) -> str:
-    """The blocks as a Markdown document."""
-    lines = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            lines += ["#" * int(kind[1]) + " " + rest[0], ""]
-        elif kind == "p":
-            lines += [rest[0], ""]
-        elif kind == "img":
-            lines += [f"![{rest[1]}]({rest[0]})", ""]
-        elif kind == "table":
-            header, rows = rest
-            lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    return "\n".join(lines)
-
-
-def _inline_html(text: str) -> str:
-    """Escape text; turn `code`, **bold** and [label](href) into tags."""
-    import html
-    import re
-
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
-
-
-def _html(blocks: list[tuple]) -> str:
-    """The blocks as one self-contained HTML page (images by relative path)."""
-    body = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2", "p"):
-            body.append(f"<{kind}>{_inline_html(rest[0])}</{kind}>")
-        elif kind == "img":
-            body.append(f'<p><img src="{rest[0]}" alt="{rest[1]}"></p>')
-        elif kind == "table":
-            header, rows = rest
-            cells = "".join(f"<th>{_inline_html(h)}</th>" for h in header)
-            trs = [f"<tr>{cells}</tr>"] + [
-                "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>"
-                for row in rows
-            ]
-            body.append("<table>" + "".join(trs) + "</table>")
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-        "img{image-rendering:pixelated;max-width:100%}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ddim demo</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )

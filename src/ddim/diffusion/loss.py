@@ -6,11 +6,9 @@ L_simple = E_{t, x_0, ε} ‖ε − ε_θ(x_t, t)‖²  (eq. 14), with t uniform
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from ddim.diffusion.eps_model import EpsModel
 
 
 def q_sample(

@@ -1,0 +1,29 @@
+"""Checkpoints: our self-describing format, the official and diffusers files, and one loader.
+
+    weights   what any checkpoint holds (`Checkpoint`), and the checks all loaders share
+    format    our safetensors format (weights + config + training state), atomic and verified
+    foreign   the official `ckpt.pth`, plain state_dicts and bare weights (config inferred)
+    diffusers the diffusers layout, both ways
+    load      `load_checkpoint` (any kind, by its bytes) and `load_model`
+"""
+
+from ddim.checkpoint.format import keep_last, save_checkpoint
+from ddim.checkpoint.load import (
+    bundled_checkpoint,
+    config_for_foreign,
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+)
+from ddim.checkpoint.weights import Checkpoint
+
+__all__ = [
+    "Checkpoint",
+    "bundled_checkpoint",
+    "config_for_foreign",
+    "keep_last",
+    "load_checkpoint",
+    "load_model",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]

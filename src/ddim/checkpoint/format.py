@@ -1,0 +1,265 @@
+"""Our checkpoint format: safe, self-describing safetensors files of U-Net weights and config.
+
+Our format is a pair of files, written so that a crash at any instant leaves a loadable pair:
+
+    NAME.safetensors            tensors `model.<key>` and `ema.<key>` (official U-Net key names);
+                                its safetensors metadata (str -> str, each value JSON text) holds
+        format, format_version  "ddim-checkpoint", 1
+        config                  the full `Config.to_dict()`: everything needed to sample
+        schedule, data          the `diffusion` and `data` sections again, for readers of metadata
+        step                    the training step
+        git_commit              the library's git commit, or null
+        ddim_version            `ddim.__version__`
+        train_state             {"file", "sha256", "step"} of the companion file, or null
+        extra                   the caller's `extra_meta` (JSON values)
+        tensors_sha256          SHA-256 over every tensor's name, dtype, shape and bytes
+    NAME.train-<sha256[:16]>.pt optional training state (optimiser, RNG and data-order states, as
+                                the trainer gives them): `torch.save` of tensors, dicts, lists,
+                                tuples, numbers and strings, read back with weights_only=True.
+
+Writes are atomic: each file goes to a temporary file in the same directory, is flushed and
+fsync'ed, then `os.replace`d over the target, and the directory is fsync'ed. The training state is
+written first, under a name that carries its own hash; the weights file written next names that
+file and hash. A crash in between leaves the previous pair intact (and an orphan that the next
+save removes); a weights file whose companion is missing or differs is a `DdimError` on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ddim.checkpoint.weights import (
+    Checkpoint,
+    check_weights_fit,
+    first_line,
+    load_weights_only,
+    strip_wrapper_prefixes,
+)
+from ddim.config import Config
+from ddim.errors import DdimError
+from ddim.files import TMP_SUFFIX, atomic_write, git_commit, write_bytes
+from ddim.version import __version__
+
+FORMAT = "ddim-checkpoint"
+FORMAT_VERSION = 1
+MODEL_PREFIX, EMA_PREFIX = "model.", "ema."
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None = None,
+    config: Config,
+    step: int,
+    train_state: dict | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write weights + config (+ training state beside them); return the weights path."""
+    path = Path(path)
+    try:
+        extra = json.loads(json.dumps(extra_meta or {}))
+    except (TypeError, ValueError) as error:
+        raise DdimError(f"extra_meta must hold JSON values: {error}") from None
+    tensors = _prefixed(MODEL_PREFIX, model_state, config, "model_state")
+    if ema_state is not None:
+        tensors |= _prefixed(EMA_PREFIX, ema_state, config, "ema_state")
+    train_ref = None if train_state is None else _save_train_state(path, train_state, step)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "schedule": config.to_dict()["diffusion"],
+        "data": config.to_dict()["data"],
+        "step": int(step),
+        "git_commit": git_commit(),
+        "ddim_version": __version__,
+        "train_state": train_ref,
+        "extra": extra,
+        "tensors_sha256": tensors_sha256(tensors),
+    }
+    text_meta = {key: json.dumps(value) for key, value in meta.items()}
+    try:
+        atomic_write(path, lambda tmp: _save_tensors(tmp, tensors, text_meta))
+    except DdimError:  # e.g. the disk filled up: drop the companion that nothing names yet
+        if train_ref is not None and not _names_train_file(path, train_ref["file"]):
+            path.with_name(train_ref["file"]).unlink(missing_ok=True)
+        raise
+    _remove_stale(path, keep=None if train_ref is None else train_ref["file"])
+    return path
+
+
+def _save_tensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write `tensors` and their text metadata to `tmp` in the safetensors format."""
+    safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+
+
+def _names_train_file(path: Path, name: str) -> bool:
+    """Whether an existing weights file at `path` refers to the training-state file `name`."""
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            ref = json.loads((f.metadata() or {}).get("train_state", "null"))
+    except Exception:
+        return False
+    return isinstance(ref, dict) and ref.get("file") == name
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor], config: Config, what: str) -> dict:
+    """CPU, contiguous copies of a state_dict's tensors under `prefix`, checked against `config`."""
+    state = strip_wrapper_prefixes(state)
+    check_weights_fit(state, config.model, config.data.image_size, what)
+    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def _save_train_state(path: Path, train_state: dict, step: int) -> dict[str, Any]:
+    """Write the training state beside `path` under a hash-named file; return its reference."""
+    _check_plain(train_state, "train_state")
+    buffer = io.BytesIO()
+    torch.save(train_state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    train_path = path.with_name(f"{path.stem}.train-{digest[:16]}.pt")
+    write_bytes(train_path, data)
+    return {"file": train_path.name, "sha256": digest, "step": int(step)}
+
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse anything `torch.load(weights_only=True)` could not read back, naming where it is."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise DdimError(f"{where} has a key of type {type(key).__name__}: use str or int")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise DdimError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__name__}; training state may hold "
+            "only tensors, numbers, strings, None, lists, tuples and dicts"
+        )
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _remove_stale(path: Path, keep: str | None) -> None:
+    """Remove training-state files of `path` other than `keep`, and temporaries a crash left."""
+    stale = [p for p in path.parent.glob(f"{path.stem}.train-*.pt") if p.name != keep]
+    stale += list(path.parent.glob(f".{path.stem}.*{TMP_SUFFIX}"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+
+
+def keep_last(directory: str | Path, pattern: str = "*.safetensors", k: int = 3) -> list[Path]:
+    """Delete all but the `k` newest checkpoints matching `pattern` (and their training state)."""
+    if k < 0:
+        raise DdimError(f"keep_last needs k >= 0, got {k}")
+    files = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    removed = files[: max(len(files) - k, 0)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+        _remove_stale(p, keep=None)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the text metadata of a safetensors file; a damaged file is a DdimError."""
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise DdimError(f"{str(path)!r} is damaged or truncated: {first_line(error)}") from None
+    return tensors, raw_meta
+
+
+def is_ours(raw_meta: dict[str, str]) -> bool:
+    """Whether safetensors metadata marks the file as our format."""
+    return raw_meta.get("format") == json.dumps(FORMAT)
+
+
+def from_ours(path: Path, tensors: dict[str, torch.Tensor], raw_meta: dict[str, str]) -> Checkpoint:
+    """A Checkpoint from our file's tensors and metadata, verified against its checksum."""
+    meta = _decode_meta(path, raw_meta)
+    if tensors_sha256(tensors) != meta.get("tensors_sha256"):
+        raise DdimError(f"{str(path)!r} is damaged or was modified: its tensors fail the checksum")
+    try:
+        config = Config.from_dict(meta["config"])
+    except DdimError as error:
+        raise DdimError(f"{str(path)!r} records a config this version rejects: {error}") from None
+    model, ema = _unprefixed(tensors, MODEL_PREFIX), _unprefixed(tensors, EMA_PREFIX)
+    return Checkpoint(
+        path=path,
+        kind="ddim",
+        model_state=model,
+        ema_state=ema or None,
+        model_config=config.model,
+        image_size=config.data.image_size,
+        config=config,
+        step=meta["step"],
+        meta=meta,
+        train_state_loader=lambda: _load_train_state(path, meta.get("train_state")),
+    )
+
+
+def _unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with `prefix`, with the prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _decode_meta(path: Path, raw_meta: dict[str, str]) -> dict[str, Any]:
+    """JSON-decode our metadata values and check the format version."""
+    try:
+        meta = {key: json.loads(value) for key, value in raw_meta.items()}
+    except json.JSONDecodeError:
+        raise DdimError(f"{str(path)!r} has damaged metadata (not JSON)") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DdimError(
+            f"{str(path)!r} has checkpoint format version {version!r}; this ddim {__version__} "
+            f"reads up to {FORMAT_VERSION}: upgrade ddim"
+        )
+    missing = {"config", "step", "tensors_sha256"} - meta.keys()
+    if missing:
+        raise DdimError(f"{str(path)!r} has damaged metadata: no {', '.join(sorted(missing))}")
+    return meta
+
+
+def _load_train_state(path: Path, ref: dict[str, Any] | None) -> dict | None:
+    """Read the companion training-state file named in the metadata, after checking its hash."""
+    if ref is None:
+        return None
+    train_path = path.with_name(ref["file"])
+    if not train_path.is_file():
+        raise DdimError(f"the training state {str(train_path)!r} that {path.name} names is missing")
+    data = train_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise DdimError(
+            f"the training state {str(train_path)!r} does not match {path.name} (sha256 differs)"
+        )
+    return load_weights_only(train_path, io.BytesIO(data))

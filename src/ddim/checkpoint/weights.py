@@ -1,0 +1,92 @@
+"""What a checkpoint holds, whatever file it came from, and the checks every loader shares:
+weights fit the U-Net a config describes, pickles are opened without running code."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.config import Config, ModelConfig
+from ddim.errors import DdimError
+from ddim.network.unet import UNet
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, whatever its kind; `config` is None for foreign files."""
+
+    path: Path
+    kind: str  # "ddim", "official", "state_dict" or "diffusers"
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor] | None
+    model_config: ModelConfig
+    image_size: int
+    config: Config | None = None
+    step: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    train_state_loader: Callable[[], dict | None] = field(default=lambda: None, repr=False)
+
+    def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """The EMA weights if asked for and present, else the raw model weights."""
+        return self.ema_state if use_ema and self.ema_state is not None else self.model_state
+
+    def load_train_state(self) -> dict | None:
+        """The training state saved beside the weights (checked against its hash), or None."""
+        return self.train_state_loader()
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop `module.` (DataParallel) and `_orig_mod.` (torch.compile) from every key."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def check_weights_fit(state: dict, model: ModelConfig, image_size: int, source: str) -> None:
+    """Raise a DdimError unless `state` has exactly the U-Net's keys and shapes."""
+    with torch.device("meta"):
+        net = UNet.from_config(model, image_size)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    found = {
+        "missing": sorted(expected.keys() - state.keys()),
+        "unexpected": sorted(state.keys() - expected.keys()),
+        "wrong shape": sorted(
+            k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k]
+        ),
+    }
+    problems = [
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in found.items()
+        if keys
+    ]
+    if problems:
+        raise DdimError(f"{source} does not fit the U-Net config: {'; '.join(problems)}")
+
+
+def load_weights_only(path: Path, source: Any = None) -> Any:
+    """torch.load with weights_only=True; unsafe or unreadable files become DdimErrors."""
+    try:
+        return torch.load(source or path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise DdimError(
+            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
+            f"containers, which could run code ({first_line(error)})"
+        ) from None
+    except Exception as error:
+        raise DdimError(f"{str(path)!r} is damaged or truncated: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

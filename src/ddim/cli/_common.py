@@ -1,0 +1,168 @@
+"""What the commands share: the flags that load a model, pick a sampler or read images, and the
+loaders behind them. Commands import this module, never each other."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ddim.diffusion.samplers import check_eta
+from ddim.diffusion.schedule import SKIP_KINDS
+from ddim.errors import DdimError
+
+# --- flags -------------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ckpt, --config, --raw, --device, --no-amp: shared by the commands that load a model."""
+    parser.add_argument(
+        "--ckpt",
+        help="checkpoint: ours, official ckpt.pth, .ckpt (default: the bundled model, if any)",
+    )
+    parser.add_argument("--config", help="config name/YAML for checkpoints that carry none")
+    parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    parser.add_argument("--no-amp", "--fp32", action="store_true",
+                        help="run the network in float32 even where bf16 is the fast path")
+
+
+def add_skip_argument(parser: argparse.ArgumentParser, choices=SKIP_KINDS, **kwargs) -> None:
+    """--skip: the timestep sub-sequence kind."""
+    kwargs.setdefault("help", "timestep sub-sequence (default: the config's)")
+    parser.add_argument("--skip", choices=list(choices), **kwargs)
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> None:
+    """--steps, --skip, --eta, --sampler, --variance, --clip-x0."""
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs=steps_nargs,
+        default=None,
+        help="S, network calls per image (default: the config's)",
+    )
+    add_skip_argument(parser)
+    parser.add_argument("--eta", type=float, help="η of eq. 16: 0 DDIM … 1 DDPM-like")
+    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    parser.add_argument(
+        "--variance",
+        choices=["small", "large"],
+        default="small",
+        help="DDPM variance: small = β̃, large = β (the paper's σ̂)",
+    )
+    parser.add_argument(
+        "--clip-x0",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="clip predicted x0 to [-1, 1] (auto: off for DDIM, on for DDPM)",
+    )
+
+
+def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None = None) -> None:
+    """--images, --subdir, --n, --batch: which dataset images to read, and how many at once."""
+    parser.add_argument("--images", required=True,
+                        help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz")
+    parser.add_argument("--subdir", help="part of the dataset (CIFAR-10: train/test; zip folder)")
+    parser.add_argument("--n", type=int, default=n_default,
+                        help=f"use the first N images (default: {n_default or 'all'})")
+    parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
+
+
+def add_ode_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> None:
+    """--steps and --skip of the deterministic sampler (η = 0)."""
+    parser.add_argument("--steps", type=int, nargs=steps_nargs, help="S (default: the config's)")
+    add_skip_argument(parser)
+
+
+def data_overrides(data: str | None, subdir: str | None) -> list[str]:
+    """`data.path` and `data.subdir` overrides from --data and --subdir (the path made absolute)."""
+    overrides = [f"data.path={Path(data).resolve()}"] if data else []
+    return overrides + ([f"data.subdir={subdir}"] if subdir else [])
+
+
+# --- loaders -----------------------------------------------------------------------------------
+
+
+def load_for_sampling(args):
+    """(eps_model, config, device, amp, rank, world size) for the checkpoint named by --ckpt."""
+    from ddim.checkpoint import (
+        bundled_checkpoint,
+        config_for_foreign,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
+    from ddim.device import distributed_context
+    from ddim.network.precision import eps_model_for, sampling_precision
+
+    rank, world_size, device = distributed_context(
+        torch.device(args.device) if args.device else None
+    )
+    args.ckpt = args.ckpt or str(bundled_checkpoint())
+    checkpoint = load_checkpoint(args.ckpt, config=args.config)
+    net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
+    config = config_for_foreign(checkpoint)
+    precision = sampling_precision(device, fp32=args.no_amp)
+    eps_model = eps_model_for(net, precision)
+    return eps_model, config, device, precision.bf16, rank, world_size
+
+
+def sampler_spec(args, config, steps=None):
+    """The SamplerSpec from the flags, defaults from the config's sampling section."""
+    from ddim.generate import SamplerSpec
+
+    s = config.sampling
+    clip = {"auto": None, "on": True, "off": False}[args.clip_x0]
+    eta = check_eta(s.eta if args.eta is None else args.eta, "--eta")
+    return SamplerSpec(
+        steps=next(v for v in (steps, args.steps, s.steps) if v is not None),
+        skip=args.skip or s.skip,
+        eta=eta,
+        kind=args.sampler,
+        variance=args.variance,
+        clip_x0=clip,
+    )
+
+
+def dataset_images(args, config):
+    """(uint8 images, their indices) from --images/--subdir, the first --n, at the model's size."""
+    from ddim.data import open_dataset, take_images
+
+    dataset = open_dataset(args.images, subdir=args.subdir,
+                           resolution=config.data.image_size, progress=False)
+    n = len(dataset) if args.n is None else args.n
+    if n < 1:
+        raise DdimError(f"--n must be >= 1, got {n}")
+    indices = list(range(min(n, len(dataset))))
+    return take_images(dataset, indices), indices
+
+
+def load_ode_run(args):
+    """(eps_model, config, device, amp, betas, steps, skip, seqs) for the commands that decode one
+    input at several S (`reconstruct`, `trajectory`); every S is validated before any work."""
+    from ddim.diffusion.schedule import timesteps
+
+    if args.show < 1:
+        raise DdimError(f"--show must be >= 1, got {args.show}")
+    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    betas = config.diffusion.betas()
+    steps = [config.sampling.steps] if args.steps is None else args.steps
+    skip = args.skip or config.sampling.skip
+    seqs = [timesteps(len(betas), S, skip) for S in steps]
+    return eps_model, config, device, amp, betas, steps, skip, seqs
+
+
+def model_record(args, config, device, amp) -> dict:
+    """What identifies the model run: checkpoint + hash, EMA or raw, device, bf16."""
+    from ddim.files import file_sha256
+
+    return {
+        "checkpoint": str(args.ckpt),
+        "checkpoint_sha256": file_sha256(args.ckpt),
+        "weights": "raw" if args.raw else "ema",
+        "device": str(device),
+        "bf16": amp,
+        "beta_schedule": config.diffusion.beta_schedule,
+        "num_diffusion_timesteps": config.diffusion.num_diffusion_timesteps,
+    }

@@ -1,0 +1,253 @@
+"""Throughput benchmarks: sampling and training, the fp32 eager path against the faster ones.
+
+Sampling (DDIM, η = 0) runs every path on the same x_T and reports images/s, achieved TFLOP/s
+(network FLOPs counted once with `torch.utils.flop_counter`), the percentage of a given peak, peak
+GPU memory, and how far each path's uint8 images are from the fp32 eager ones. Those differences
+mean something only for trained weights (`weights=`): random weights saturate most pixels, which
+hides every difference. Where diffusers is installed, its DDIMPipeline loop (UNet2DModel +
+DDIMScheduler) runs on the same weights and x_T, the comparison users make.
+
+Training times full steps (Adam, gradient clipping, EMA) on data held on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddim.config import Config
+from ddim.data import infinite_batches, to_uint8
+from ddim.device import native_bf16
+from ddim.diffusion.samplers import sample
+from ddim.diffusion.schedule import alpha_bars, timesteps
+from ddim.network.precision import Precision, eps_model_for, sampling_precision
+from ddim.network.unet import UNet, reference_init_
+from ddim.training import init_training, train_step
+
+
+@dataclass
+class Result:
+    """One benchmark line."""
+
+    task: str
+    path: str
+    batch: int
+    images_per_s: float
+    tflops: float
+    percent_of_peak: float | None
+    peak_memory_gib: float | None
+    seconds: float
+    note: str = ""
+
+
+def forward_flops(net: torch.nn.Module, config: Config, device: torch.device) -> float:
+    """FLOPs of one forward pass for one image (a multiply-add counts 2)."""
+    size = config.data.image_size
+    x = torch.zeros(1, config.model.in_channels, size, size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, torch.zeros(1, dtype=torch.long, device=device))
+    return float(counter.get_total_flops())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
+    """Seconds per call of `fn` after one warm-up call, and the last result."""
+    out = fn()
+    _synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats, out
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _result(task, path, batch, seconds, flops_per_image, peak_tflops, device, note=""):
+    rate = batch / seconds
+    tflops = rate * flops_per_image / 1e12
+    percent = 100 * tflops / peak_tflops if peak_tflops else None
+    return Result(task, path, batch, rate, tflops, percent, _peak_gib(device), seconds, note)
+
+
+def sampling_paths(device: torch.device, compile: bool = False) -> dict[str, Precision]:
+    """The paths worth comparing on `device`: fp32 eager, channels-last, the default and, where bf16
+    is native, bf16 autocast alone and with fp32 kept for the noisiest steps."""
+    paths = {
+        "fp32 eager": Precision(),
+        "fp32 channels-last": Precision(channels_last=True),
+    }
+    if native_bf16(device):
+        paths["bf16 autocast"] = Precision(bf16=True)
+        paths["bf16, fp32 for t >= 500"] = Precision(bf16=True, bf16_below=500)
+    paths["default (ddim sample)"] = sampling_precision(device)
+    if compile:
+        paths = {
+            **paths,
+            **{f"{name} + compile": Precision(**{**asdict(p), "compile": True})
+               for name, p in list(paths.items())[1:]},
+        }
+    return paths
+
+
+def image_difference(reference: torch.Tensor, other: torch.Tensor) -> str:
+    """Mean and max |Δ| in uint8 levels and the share of values that differ, as a note."""
+    diff = (reference.int() - other.int()).abs().float()
+    return (f"vs fp32: mean |Δ| {diff.mean():.3f}, max |Δ| {diff.max():.0f} (uint8 levels), "
+            f"{100 * (diff > 0).float().mean():.2f}% differ")
+
+
+def bench_sampling(
+    config: Config,
+    *,
+    device: torch.device,
+    batch: int,
+    steps: int,
+    skip: str = "uniform",
+    repeats: int = 2,
+    compile: bool = False,
+    peak_tflops: float | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    diffusers: bool = True,
+) -> list[Result]:
+    """DDIM (η = 0) sampling throughput of each path of `sampling_paths` (and diffusers')."""
+    torch.manual_seed(0)
+    net = UNet.from_config(config.model, config.data.image_size)
+    if weights is None:
+        reference_init_(net)
+    else:
+        net.load_state_dict(weights)
+    net = net.to(device).eval()
+    betas = config.diffusion.betas()
+    calls = len(timesteps(len(betas), steps, skip))
+    flops = forward_flops(net, config, device) * calls
+    shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    results, reference = [], None
+    for name, precision in sampling_paths(device, compile).items():
+        eps_model = eps_model_for(copy.deepcopy(net), precision)
+        run = lambda m=eps_model: sample(m, x_T, betas, steps=steps, skip=skip)  # noqa: E731
+        seconds, x_0 = _timed(run, device, repeats)
+        images = to_uint8(x_0).cpu()
+        reference = images if reference is None else reference
+        note = "" if images is reference else image_difference(reference, images)
+        results.append(_result("sample", name, batch, seconds, flops, peak_tflops, device, note))
+    if diffusers and _diffusers_available():
+        seconds, images = _diffusers_sampling(net, config, x_T, steps, skip, repeats, device)
+        results.append(_result("sample", "diffusers DDIMPipeline loop, fp32", batch, seconds,
+                               flops, peak_tflops, device, image_difference(reference, images)))
+    return results
+
+
+def _diffusers_available() -> bool:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _diffusers_sampling(net, config, x_T, steps, skip, repeats, device):
+    """(seconds per batch, uint8 images) of diffusers' DDIM loop on our weights and x_T."""
+    import diffusers
+
+    from ddim.checkpoint.diffusers import (
+        diffusers_scheduler_config,
+        diffusers_unet_config,
+        to_diffusers_state,
+    )
+
+    unet_config = diffusers_unet_config(config.model, config.data.image_size)
+    unet_config = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+    unet = diffusers.UNet2DModel(**unet_config)
+    unet.load_state_dict(to_diffusers_state(net.state_dict()))
+    unet = unet.to(device).eval()
+    scheduler_config = {k: v for k, v in diffusers_scheduler_config(config).items()
+                        if not k.startswith("_")}
+    scheduler = diffusers.DDIMScheduler(**{**scheduler_config, "timestep_spacing":
+                                           "leading" if skip == "uniform" else "trailing"})
+
+    @torch.no_grad()
+    def run():
+        scheduler.set_timesteps(steps)
+        x = x_T
+        for t in scheduler.timesteps:
+            eps = unet(x, t).sample
+            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        return x
+
+    seconds, x_0 = _timed(run, device, repeats)
+    return seconds, to_uint8(x_0).cpu()
+
+
+def bench_training(
+    config: Config,
+    *,
+    device: torch.device,
+    batch: int,
+    repeats: int = 10,
+    compile: bool = False,
+    peak_tflops: float | None = None,
+    images: torch.Tensor | None = None,
+) -> list[Result]:
+    """Training-step throughput (EMA and clipping on): fp32 eager against bf16 autocast where it
+    is native (+ compile when asked)."""
+    size = config.data.image_size
+    if images is None:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(
+            0, 256, (max(4 * batch, 512), 3, size, size), generator=g, dtype=torch.uint8
+        )
+    images = images.to(device)
+    flops = 3 * forward_flops(UNet.from_config(config.model, size).to(device), config, device)
+    alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
+    paths = [("fp32 eager", False, False)]
+    if native_bf16(device):
+        paths.append(("bf16 autocast (ddim train's default)", True, False))
+    if compile:
+        paths.append((paths[-1][0] + " + compile", paths[-1][1], True))
+    results = []
+    for name, amp, use_compile in paths:
+        state = init_training(config, device)
+        model = torch.compile(state.net) if use_compile else state.net
+        batches = infinite_batches(images, batch, seed=0)
+
+        def step(state=state, model=model, batches=batches, amp=amp):
+            return train_step(config, state, next(batches), alpha_bar, model=model, amp=amp)
+
+        seconds, _ = _timed(step, device, repeats)
+        results.append(_result("train", name, batch, seconds, flops, peak_tflops, device))
+    return results
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name and whether it has native bf16."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = "cpu"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({'native bf16' if native_bf16(device) else 'no native bf16'})"
+
+
+def as_rows(results: list[Result]) -> list[dict]:
+    """Results as plain dicts (for JSON)."""
+    return [asdict(r) for r in results]

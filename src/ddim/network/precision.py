@@ -1,0 +1,64 @@
+"""The network as an ε-model (`ddim.diffusion.eps_model`) in the precision, memory layout and
+compilation chosen for the device. The sampler's update itself always runs in the dtype of x.
+
+`Precision` names a path; `sampling_precision(device)` is the one the commands use by default,
+chosen by measurement (docs/performance.md): DDIM divides the network's error by √ᾱ_t, so a path
+is the default only where it leaves the images of a trained model unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddim.diffusion.eps_model import EpsModel
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the network is run.
+
+    bf16           bf16 autocast for the network (float32 out)
+    bf16_below     with bf16: only for t < bf16_below; the noisiest steps, whose error DDIM
+                   amplifies most (by √((1 − ᾱ_t)/ᾱ_t)), stay in float32
+    channels_last  NHWC memory layout for the network and its input
+    compile        torch.compile (inductor, weights frozen) the network
+    """
+
+    bf16: bool = False
+    bf16_below: int | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+
+def sampling_precision(device: torch.device, fp32: bool = False) -> Precision:
+    """The default path for sampling on `device`; `fp32` forces float32 (no autocast)."""
+    if device.type == "cuda":
+        return Precision(bf16=not fp32, channels_last=True)
+    return Precision(channels_last=True)
+
+
+def eps_model_for(net: torch.nn.Module, precision: Precision = Precision()) -> EpsModel:
+    """The network as `eps_model(x_t, t)` on the path `precision` names; the output is float32
+    whatever the network computed in, and no autograd graph is kept."""
+    if precision.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    run = net
+    if precision.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights are constants while sampling: fold and prepack
+        run = torch.compile(net)
+
+    @torch.no_grad()
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = precision.bf16 and (
+            precision.bf16_below is None or int(t.max()) < precision.bf16_below
+        )
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return run(x, t).float()
+
+    return eps_model

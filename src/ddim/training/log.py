@@ -1,0 +1,92 @@
+"""What a run reports as it goes: a progress bar, `metrics.jsonl` and (if installed) TensorBoard,
+written on rank 0 only, with the CPU hours spent on the run carried across resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ddim.config import Config, dump_config
+from ddim.errors import DdimError
+from ddim.files import write_text
+
+
+class TrainLog:
+    """Progress bar, metrics.jsonl and TensorBoard for one run, on rank 0 (`active`) only."""
+
+    def __init__(
+        self, run_dir: Path, config: Config, active: bool, progress: bool, start, end, cpu=0.0
+    ):
+        self.active = active
+        self.batch = config.training.batch_size
+        self.sum, self.count, self.lr = None, 0, 0.0
+        self.time, self.mark = time.perf_counter(), start
+        self.cpu_start, self.cpu_before = time.process_time(), cpu
+        if not active:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yml", dump_config(config))
+        self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.bar = tqdm(total=end, initial=start, unit="step", disable=not progress, smoothing=0.1)
+        self.tensorboard = _tensorboard(run_dir)
+
+    def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """Accumulate a step's loss on the device (no synchronisation)."""
+        self.sum = loss if self.sum is None else self.sum + loss
+        self.count += 1
+        self.lr = lr
+        if self.active:
+            self.bar.update(1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (all its threads) spent on the run, earlier runs included."""
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def flush(self, step: int) -> None:
+        """Write the mean loss since the last flush; stop the run if it is not finite."""
+        if self.count == 0:
+            return
+        loss = (self.sum / self.count).item()
+        now = time.perf_counter()
+        rate = (step - self.mark) * self.batch / max(now - self.time, 1e-9)
+        self.sum, self.count, self.time, self.mark = None, 0, now, step
+        if not math.isfinite(loss):
+            raise DdimError(f"the loss became non-finite ({loss}) before step {step}; stopping")
+        if not self.active:
+            return
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": self.lr,
+            "images_per_s": rate,
+            "images_seen": step * self.batch,
+            "cpu_hours": self.cpu_seconds() / 3600,
+        }
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        if self.tensorboard is not None:
+            for key in ("loss", "lr", "images_per_s", "cpu_hours"):
+                self.tensorboard.add_scalar(f"train/{key}", record[key], step)
+
+    def close(self) -> None:
+        """Close the files and the bar."""
+        if self.active:
+            self.bar.close()
+            self.metrics.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer if the package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
