@@ -114,6 +114,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def path_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative names and their hashes)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 @functools.cache
 def cached_file_sha256(path: str) -> str:
     """`file_sha256`, computed once per process (for files that do not change, like networks)."""
