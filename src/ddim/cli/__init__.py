@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 500  # characters of an error message shown; a longer one is cut
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one sub-command; user errors print one line and exit 2."""
     parser = build_parser()
@@ -51,17 +54,35 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return args._run(args) or 0
-    except DdimError as error:
-        print(f"ddim {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # only running out of memory is handled; the rest re-raised
-        if not _is_out_of_memory(error):
+    except Exception as error:  # user errors, the filesystem and memory; the rest re-raised
+        message = user_error_message(error, args)
+        if message is None:
             raise
-        print(f"ddim {args.command}: error: {_out_of_memory_hint(args)}", file=sys.stderr)
+        print(f"ddim {args.command}: error: {one_line(message)}", file=sys.stderr)
         return 2
+
+
+def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
+    """What to tell the user about `error`, or None for a bug (which keeps its traceback)."""
+    if isinstance(error, DdimError):
+        return str(error)
+    if isinstance(error, OSError):  # the filesystem: permissions, a full disk, a folder as a file
+        where = f" {error.filename!r}" if error.filename else ""
+        return f"cannot use{where}: {error.strerror or error}"
+    if _is_out_of_memory(error):
+        return _out_of_memory_hint(args)
+    return None
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message on one line of at most `limit` characters (whitespace runs become one space)."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
