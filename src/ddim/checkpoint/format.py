@@ -13,12 +13,19 @@ Our format is a pair of files, written so that a crash at any instant leaves a l
         train_state             {"file", "sha256", "step"} of the companion file, or null
         extra                   the caller's `extra_meta` (JSON values)
         tensors_sha256          SHA-256 over every tensor's name, dtype, shape and bytes
+        metadata_sha256         SHA-256 over every other metadata value (`metadata_sha256`), so
+                                an edited config, step or tensor checksum is found on load
     NAME.train-<sha256[:16]>.pt optional training state (optimiser, RNG and data-order states, as
                                 the trainer gives them): `torch.save` of tensors, dicts, lists,
                                 tuples, numbers and strings, read back with weights_only=True.
 
 Writes are atomic: each file goes to a temporary file in the same directory, is flushed and
-fsync'ed, then `os.replace`d over the target, and the directory is fsync'ed. The training state is
+fsync'ed, then `os.replace`d over the target, and the directory is fsync'ed.
+
+What is read is checked before it is used (`from_ours`): the tensors against their checksum, the
+metadata against its own (files written before it existed: the config's `diffusion` and `data`
+sections against their copies in `schedule` and `data`), the weights against the U-Net the
+config describes, and every weight for being finite. The training state is
 written first, under a name that carries its own hash; the weights file written next names that
 file and hash. A crash in between leaves the previous pair intact (and an orphan that the next
 save removes); a weights file whose companion is missing or differs is a `DdimError` on load.
@@ -88,6 +95,7 @@ def save_checkpoint(
         "extra": extra,
         "tensors_sha256": tensors_sha256(tensors),
     }
+    meta["metadata_sha256"] = metadata_sha256(meta)
     text_meta = {key: json.dumps(value) for key, value in meta.items()}
     try:
         atomic_write(path, lambda tmp: _save_tensors(tmp, tensors, text_meta))
@@ -163,6 +171,12 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def metadata_sha256(meta: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of every metadata value but `metadata_sha256` itself."""
+    body = {key: value for key, value in meta.items() if key != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _remove_stale(path: Path, keep: str | None) -> None:
     """Remove training-state files of `path` other than `keep`, and temporaries a crash left."""
     stale = [p for p in path.parent.glob(f"{path.stem}.train-*.pt") if p.name != keep]
@@ -208,11 +222,16 @@ def from_ours(path: Path, tensors: dict[str, torch.Tensor], raw_meta: dict[str, 
     meta = _decode_meta(path, raw_meta)
     if tensors_sha256(tensors) != meta.get("tensors_sha256"):
         raise DdimError(f"{str(path)!r} is damaged or was modified: its tensors fail the checksum")
+    _check_metadata(path, meta)
     try:
         config = Config.from_dict(meta["config"])
     except DdimError as error:
         raise DdimError(f"{str(path)!r} records a config this version rejects: {error}") from None
     model, ema = _unprefixed(tensors, MODEL_PREFIX), _unprefixed(tensors, EMA_PREFIX)
+    for what, state in (("weights", model), ("EMA weights", ema)):
+        if state:
+            check_weights_fit(state, config.model, config.data.image_size,
+                              f"the {what} in {str(path)!r} (its recorded config)")
     return Checkpoint(
         path=path,
         kind="ddim",
@@ -248,6 +267,21 @@ def _decode_meta(path: Path, raw_meta: dict[str, str]) -> dict[str, Any]:
     if missing:
         raise DdimError(f"{str(path)!r} has damaged metadata: no {', '.join(sorted(missing))}")
     return meta
+
+
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """The metadata is as written: its checksum holds (older files: its copies agree)."""
+    edited = f"{str(path)!r} is damaged or was modified: its metadata"
+    if "metadata_sha256" in meta:
+        if metadata_sha256(meta) != meta["metadata_sha256"]:
+            raise DdimError(f"{edited} fails the checksum (an edited config, step or hash?)")
+        return
+    config = meta["config"] if isinstance(meta["config"], dict) else {}
+    for key, section in (("schedule", "diffusion"), ("data", "data")):
+        if key in meta and meta[key] != config.get(section):
+            raise DdimError(f"{edited} disagrees with itself: {key} differs from config.{section}")
+    if not isinstance(meta["step"], int) or meta["step"] < 0:
+        raise DdimError(f"{edited} records step {meta['step']!r}")
 
 
 def _load_train_state(path: Path, ref: dict[str, Any] | None) -> dict | None:

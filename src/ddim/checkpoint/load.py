@@ -9,7 +9,8 @@
   converted to PyTorch (`model-790000.ckpt`): `foreign`;
 - a diffusers folder (`unet/`, `scheduler/`): `diffusers`.
 Pickle-based files are opened only with `torch.load(weights_only=True)`: a file that would run
-code, or holds anything but tensors and plain containers, is refused.
+code, or holds anything but tensors and plain containers, is refused. Weights holding NaN or
+infinity are refused whatever the kind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from ddim.checkpoint.diffusers import load_diffusers_folder
 from ddim.checkpoint.foreign import foreign_checkpoint, load_pickle, official_names
 from ddim.checkpoint.format import from_ours, is_ours, read_safetensors
-from ddim.checkpoint.weights import Checkpoint, check_weights_fit
+from ddim.checkpoint.weights import Checkpoint, check_finite, check_weights_fit
 from ddim.config import Config, DataConfig, load_config
 from ddim.errors import DdimError
 from ddim.network.unet import UNet
@@ -44,6 +45,7 @@ def load_checkpoint(path: str | Path, *, config: Config | str | None = None) -> 
             checkpoint = foreign_checkpoint(path, "state_dict", official_names(tensors), None)
     else:
         checkpoint = load_pickle(path)
+    check_finite(checkpoint)
     if config is not None:
         checkpoint = _with_config(checkpoint, config)
     return checkpoint

@@ -1,5 +1,6 @@
 """What a checkpoint holds, whatever file it came from, and the checks every loader shares:
-weights fit the U-Net a config describes, pickles are opened without running code."""
+weights fit the U-Net a config describes and are finite, pickles are opened without running
+code."""
 
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ def check_weights_fit(state: dict, model: ModelConfig, image_size: int, source: 
     ]
     if problems:
         raise DdimError(f"{source} does not fit the U-Net config: {'; '.join(problems)}")
+
+
+def check_finite(checkpoint: Checkpoint) -> None:
+    """Raise a DdimError naming the first weight that holds NaN or infinity (it would sample
+    black or garbage images)."""
+    for what, state in (("weights", checkpoint.model_state), ("EMA weights", checkpoint.ema_state)):
+        for key, tensor in (state or {}).items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise DdimError(
+                    f"{str(checkpoint.path)!r}: the {what} hold NaN or infinite values "
+                    f"(first in {key}); refusing to sample or train from them"
+                )
 
 
 def load_weights_only(path: Path, source: Any = None) -> Any:
