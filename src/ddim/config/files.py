@@ -13,6 +13,10 @@ they are. Their extra keys are handled by explicit tables, never silently:
 - a file with an `optim:` section is official, and where it is silent the official training code's
   behaviour applies (`OFFICIAL_TRAINING`: no warm-up, summed loss, no clipping, antithetic t).
 
+Config text comes from outside, so it is read with a strict loader: YAML's safe subset, no
+aliases (a config never needs them, and they make exponential "billion laughs" documents), at
+most `MAX_DEPTH` levels of nesting, files of at most `MAX_CONFIG_BYTES`.
+
 The packaged configs (`ddim/configs/<name>.yml`, names in `CONFIG_NAMES`) hold the official
 values; the fields the official files leave out take the DDPM paper's values (Ho et al. 2020,
 App. B and its released code): learning-rate warm-up of 5000 steps, the mean-reduced loss and
@@ -70,6 +74,43 @@ OFFICIAL_DROPPED: frozenset[str] = frozenset(
 )
 
 
+MAX_DEPTH = 16  # our configs nest 3 deep (section, key, list)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases and with a bound on nesting (the composer recurses)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        """Compose one node; an alias, or a node nested deeper than MAX_DEPTH, is an error."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in configs "
+                f"(line {event.start_mark.line + 1})", None,
+            )  # fmt: skip
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep "
+                f"(line {event.start_mark.line + 1})", None,
+            )  # fmt: skip
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text from outside as plain values (strict loader); a bad document is a DdimError."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        raise DdimError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
+
+
 def _flatten(d: dict[str, Any]) -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}, two levels deep (section.key)."""
     flat = {}
@@ -102,10 +143,7 @@ def from_official_dict(d: dict[str, Any]) -> Config:
 def load_config(name_or_path: str | Path) -> Config:
     """Load a packaged config by name (`cifar10`, `tiny`, ...) or a yml file, ours or official."""
     text, source = _read_config_text(name_or_path)
-    try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DdimError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
+    d = parse_yaml(text, source)
     if not isinstance(d, dict):
         raise DdimError(f"{source} does not hold a mapping of config sections")
     return from_official_dict(d)
@@ -117,12 +155,18 @@ def _read_config_text(name_or_path: str | Path) -> tuple[str, str]:
         package_file = resources.files("ddim") / "configs" / f"{name_or_path}.yml"
         return package_file.read_text(encoding="utf-8"), f"config {name_or_path!r}"
     path = Path(name_or_path)
+    source = f"config file {str(path)!r}"
     if not path.is_file():
         raise DdimError(
             f"no config file {str(path)!r} and no packaged config of that name "
             f"(packaged: {', '.join(CONFIG_NAMES)})"
         )
-    return path.read_text(encoding="utf-8"), f"config file {str(path)!r}"
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise DdimError(f"{source} is larger than {MAX_CONFIG_BYTES} bytes; not a config")
+    try:
+        return path.read_text(encoding="utf-8"), source
+    except UnicodeDecodeError:
+        raise DdimError(f"{source} is not UTF-8 text") from None
 
 
 class _FlowListDumper(yaml.SafeDumper):
@@ -150,8 +194,5 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         section, dot, name = key.partition(".")
         if not dot or section not in d or name not in d[section]:
             raise DdimError(f"unknown key {key!r} in override {item!r}")
-        try:
-            d[section][name] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise DdimError(f"cannot parse the value in override {item!r}") from None
+        d[section][name] = parse_yaml(text, f"cannot parse {key}: override {item[:60]!r}")
     return Config.from_dict(d)
