@@ -4,6 +4,12 @@ Sources (`open_dataset` tells them apart): the CIFAR-10 python batches folder, a
 zip of images read in place, and an ``.npz`` of uint8 NHWC images (how generated samples are
 stored). Every item is a uint8 RGB tensor (3, R, R); training and FID read the same `ImageDataset`.
 `load_image_files` reads loose image files the same way (for the commands that take a few).
+
+Files come from outside, so reading them is defensive, and every failure is a DdimError naming the
+file: 16-bit images are scaled to 8 bits (not clipped to white), images of more pixels than
+PIL's decompression-bomb limit are refused, encrypted zips and zip members compressed with
+methods Python cannot read (Deflate64) are refused when the zip is opened, and an .npz array's
+header is checked against its size before anything is allocated (`ddim.files.npz`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tqdm import tqdm
 
 from ddim.data.pixels import Crop, fit_image
 from ddim.errors import DdimError
+from ddim.files import load_npz_arrays, npz_headers
 
 CACHE_VERSION = 1  # part of a dataset's fingerprint, the key of its decoded cache (data.cache)
 OnError = Literal["raise", "skip"]
@@ -41,8 +48,33 @@ CIFAR_SPLITS = {"train": tuple(f"data_batch_{k}" for k in range(1, 6)), "test": 
 # What a broken image file can raise while being read and decoded (PIL, zip member CRC, deflate).
 _DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
-    Image.DecompressionBombError,
+    NotImplementedError, Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def decode_image(source, name: str) -> Image.Image:
+    """Decode one image file (a path or a stream) completely, 16-bit scaled to 8 bits; a broken
+    file, or one of more pixels than PIL's decompression-bomb limit, is a DdimError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.load()
+                return _eight_bit(image)
+    except _DECODE_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DdimError(f"cannot read image {name}: {message}") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """An image with 8-bit channels: 16-bit (and 32-bit integer) gray keeps its high byte, the
+    way PIL reads 16-bit RGB; other modes are returned as they are (a copy)."""
+    if image.mode not in _SIXTEEN_BIT_MODES:
+        return image.copy()
+    values = np.asarray(image).astype(np.int64)
+    return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
 
 
 # --- the dataset ------------------------------------------------------------------------------
@@ -171,20 +203,18 @@ class ImageDataset(torch.utils.data.Dataset):
     def _read(self, i: int) -> Image.Image:
         """Decode file i to a loaded RGB image; an unreadable file raises DdimError naming it."""
         member = self._members[i]
-        handle = self._zipfile() if self.kind == "zip" else None
+        if self.kind != "zip":
+            return self._rgb(decode_image(self.path / member, self.item_name(i)))
         try:
-            stream = io.BytesIO(handle.read(member)) if handle is not None else self.path / member
-            with Image.open(stream) as image:
-                image.load()
-                return self._rgb(image)
+            stream = io.BytesIO(self._zipfile().read(member))
         except _DECODE_ERRORS as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DdimError(f"cannot read image {self.item_name(i)}: {message}") from exc
+            raise DdimError(f"cannot read image {self.item_name(i)}: {exc}") from None
+        return self._rgb(decode_image(stream, self.item_name(i)))
 
     def _rgb(self, image: Image.Image) -> Image.Image:
         """Convert to RGB, warning the first time each other mode is seen."""
         if image.mode == "RGB":
-            return image.copy()
+            return image
         if image.mode not in self._modes_seen:
             self._modes_seen.add(image.mode)
             warnings.warn(f"converting {image.mode} images to RGB in {self.source}", stacklevel=3)
@@ -315,29 +345,32 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _zip_members(archive: zipfile.ZipFile, path: Path, subdir: str | None) -> tuple[str, ...]:
-    """Image members of the zip at path (under subdir/ if given), sorted."""
+    """Image members of the zip at path (under subdir/ if given), sorted; each must be readable
+    by Python's zipfile: not encrypted, stored or compressed with Deflate, BZIP2 or LZMA."""
     names = archive.namelist()
     prefix = "" if subdir is None else subdir.strip("/") + "/"
     if prefix and not any(name.startswith(prefix) for name in names):
         raise DdimError(f"no folder {subdir!r} in {path}")
-    return tuple(sorted(n for n in names if n.startswith(prefix) and _is_image_name(n)))
+    members = tuple(sorted(n for n in names if n.startswith(prefix) and _is_image_name(n)))
+    for name in members:
+        info = archive.getinfo(name)
+        if info.flag_bits & 0x1:
+            raise DdimError(f"{name} in {path} is encrypted; ddim reads unencrypted zips only")
+        if info.compress_type not in _ZIP_METHODS:
+            raise DdimError(
+                f"{name} in {path} is compressed with zip method {info.compress_type} "
+                "(9 is Deflate64), which Python cannot read; zip it again with Deflate"
+            )
+    return members
 
 
 def _load_npz(path: Path, key: str | None) -> tuple[str, np.ndarray]:
-    """Read one uint8 image array from an .npz (no pickles) and return (key, NHWC RGB array)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            if key is None:
-                key = "arr_0" if "arr_0" in keys or len(keys) != 1 else keys[0]
-            if key not in keys:
-                raise DdimError(f"{path} has no array {key!r} (it has {', '.join(keys) or 'none'})")
-            array = npz[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, DdimError):
-            raise
-        raise DdimError(f"cannot read {path} as an .npz of images ({exc})") from exc
-    return key, _rgb_array(array, f"{path}[{key}]")
+    """Read one uint8 image array from an .npz (no pickles, headers checked first) and return
+    (key, NHWC RGB array)."""
+    keys = list(npz_headers(path))
+    if key is None:
+        key = "arr_0" if "arr_0" in keys or len(keys) != 1 else keys[0]
+    return key, _rgb_array(load_npz_arrays(path, [key])[key], f"{path}[{key}]")
 
 
 def _rgb_array(array: np.ndarray, name: str) -> np.ndarray:
@@ -435,11 +468,7 @@ def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tens
     for path in map(Path, paths):
         if not path.is_file():
             raise DdimError(f"image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                image = fit_image(image.convert("RGB"), resolution)
-        except _DECODE_ERRORS as error:
-            raise DdimError(f"cannot read image {path}: {error}") from None
+        image = fit_image(decode_image(path, str(path)).convert("RGB"), resolution)
         images.append(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()))
     return torch.stack(images)
 
