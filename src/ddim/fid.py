@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ddim.errors import DdimError
-from ddim.files import atomic_write, cached_file_sha256
+from ddim.files import atomic_write, cached_file_sha256, load_npz_arrays
 
 CONVENTION = "legacy_tensorflow"
 FEATURE_DIM = 2048
@@ -253,7 +254,8 @@ def frechet_distance(
 
 @dataclass(frozen=True)
 class FidStats:
-    """Feature mean and covariance of an image set, with the network and convention behind them."""
+    """Feature mean and covariance of an image set, with the network and convention behind them
+    and the side of its (square) images, when known."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -261,6 +263,7 @@ class FidStats:
     network_sha256: str
     convention: str
     source: str
+    resolution: int | None = None
 
 
 def stats_from_images(
@@ -272,51 +275,93 @@ def stats_from_images(
     total: int | None = None,
     workers: int = 0,
     progress: bool = True,
+    resolution: int | None = None,
 ) -> FidStats:
-    """Inception feature statistics of uint8 images, tagged with network hash and convention."""
+    """Inception feature statistics of uint8 images, tagged with network hash and convention
+    (and `resolution`, the images' side, which `check_resolution` compares)."""
     features = inception_features(
         images, device=device, batch_size=batch_size, total=total, workers=workers,
         progress=progress,
     )
     mu, sigma = statistics(features)
-    return FidStats(mu, sigma, len(features), network_sha256(), CONVENTION, source)
+    return FidStats(mu, sigma, len(features), network_sha256(), CONVENTION, source, resolution)
 
 
 def save_stats(stats: FidStats, path: str | os.PathLike) -> Path:
     """Write stats to an .npz (mu, sigma, n, network_sha256, convention, source); atomic replace."""
+    extra = {} if stats.resolution is None else {"resolution": np.int64(stats.resolution)}
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(
                 f, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n),
                 network_sha256=np.str_(stats.network_sha256), convention=np.str_(stats.convention),
-                source=np.str_(stats.source),
+                source=np.str_(stats.source), **extra,
             )
 
     return atomic_write(path, write)
 
 
 def load_stats(path: str | os.PathLike, *, check: bool = True) -> FidStats:
-    """Read an .npz stats file; with `check`, refuse one made by another network or convention."""
+    """Read an .npz stats file, validated (`validate_stats`); with `check`, refuse one made by
+    another network or convention."""
     if not Path(path).is_file():
         raise DdimError(f"FID stats not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            fields = {key: data[key] for key in data.files}
-    except (OSError, ValueError, AttributeError) as error:
-        raise DdimError(f"cannot read FID stats {path}: not an .npz of arrays") from error
+    fields = load_npz_arrays(path)
     if "mu" not in fields or "sigma" not in fields:
         raise DdimError(f"{path} is not a FID stats file (needs arrays 'mu' and 'sigma')")
-    stats = FidStats(
-        mu=fields["mu"].astype(np.float64),
-        sigma=fields["sigma"].astype(np.float64),
-        n=int(fields.get("n", -1)),
-        network_sha256=str(fields.get("network_sha256", "unknown")),
-        convention=str(fields.get("convention", "unknown")),
-        source=str(fields.get("source", "unknown")),
-    )
+    source = str(fields.get("source", "unknown"))
+    try:
+        stats = FidStats(
+            mu=fields["mu"].astype(np.float64),
+            sigma=fields["sigma"].astype(np.float64),
+            n=int(fields.get("n", -1)),
+            network_sha256=str(fields.get("network_sha256", "unknown")),
+            convention=str(fields.get("convention", "unknown")),
+            source=source,
+            resolution=int(fields["resolution"]) if "resolution" in fields else (
+                _resolution_in(source)),
+        )
+    except (TypeError, ValueError) as error:
+        raise DdimError(f"{path} has a field of the wrong kind: {error}") from None
+    validate_stats(stats, str(path))
     if check:
         check_compatible(stats, str(path))
     return stats
+
+
+def _resolution_in(source: str) -> int | None:
+    """The image side in a source description written by `ddim fid ref` ("…, 3x32x32 uint8")."""
+    match = re.search(r"\b\d+x(\d+)x(\d+) uint8", source)
+    return int(match[1]) if match and match[1] == match[2] else None
+
+
+def validate_stats(stats: FidStats, name: str = "FID stats") -> None:
+    """Raise a DdimError unless mu is (D,), sigma (D, D), both finite, sigma symmetric and
+    positive semi-definite (to round-off), and n, where recorded, at least 2."""
+    d = stats.mu.shape[0] if stats.mu.ndim == 1 else -1
+    if d < 1 or stats.sigma.shape != (d, d):
+        raise DdimError(
+            f"{name}: mu {stats.mu.shape} and sigma {stats.sigma.shape} must be (D,) and (D, D)"
+        )
+    if not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()):
+        raise DdimError(f"{name}: mu or sigma holds NaN or infinite values")
+    scale = max(float(np.abs(stats.sigma).max()), np.finfo(np.float64).tiny)
+    if float(np.abs(stats.sigma - stats.sigma.T).max()) > 1e-6 * scale:
+        raise DdimError(f"{name}: sigma is not symmetric, so not a covariance")
+    _psd_eigenvalues(torch.from_numpy(stats.sigma), f"{name}: sigma")
+    if stats.n != -1 and stats.n < 2:
+        raise DdimError(f"{name}: made from n = {stats.n} images; a covariance needs >= 2")
+
+
+def check_resolution(stats: FidStats, size: int, name: str, what: str = "the images") -> None:
+    """Refuse to score `size`² images against statistics of images of another size."""
+    if stats.resolution is not None and stats.resolution != size:
+        raise DdimError(
+            f"{what} are {size}x{size} but {name} holds statistics of "
+            f"{stats.resolution}x{stats.resolution} images, so FID would mostly measure the "
+            f"resizing; make a reference at {size} px (`ddim fid ref DATA --resolution {size}`)"
+        )
 
 
 def check_compatible(stats: FidStats, name: str = "reference stats") -> None:
@@ -345,11 +390,12 @@ def compute_reference(
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
+    resolution: int | None = None,
 ) -> FidStats:
     """`ref` step: statistics of a dataset's uint8 images, saved to `out_path` (.npz), returned."""
     stats = stats_from_images(
         images, source=source, device=device, batch_size=batch_size, workers=workers,
-        progress=progress,
+        progress=progress, resolution=resolution,
     )
     save_stats(stats, out_path)
     return stats
