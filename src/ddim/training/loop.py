@@ -26,7 +26,7 @@ from ddim.errors import DdimError
 from ddim.images import save_grid
 from ddim.training.log import TrainLog
 from ddim.training.recipe import TrainState, init_training, learning_rate, train_step
-from ddim.training.run_dir import CHECKPOINT_GLOB, latest_checkpoint
+from ddim.training.run_dir import CHECKPOINT_GLOB, claim_run_dir, latest_checkpoint
 
 
 class _StopFlag:
@@ -81,6 +81,7 @@ def train(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train per `config`, writing into `run_dir`; return the last checkpoint's path.
 
@@ -96,6 +97,10 @@ def train(
     sample_every      steps between sample grids of the EMA model (default: at checkpoints; 0 off)
     log_every         steps between metric lines (and non-finite-loss checks)
     cache_dir, workers  decoded-dataset cache folder and decode processes
+    overwrite         start afresh in a `run_dir` holding another run's checkpoints, deleting
+                      them (without it, or `resume` of that run, such a folder is refused)
+
+    One training at a time writes a run directory (`ddim.training.run_dir.claim_run_dir`).
     """
     _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every)
     rank, world_size, device = distributed_context(None if device is None else torch.device(device))
@@ -110,60 +115,63 @@ def train(
     sample_every = checkpoint_every if sample_every is None else sample_every
     end = min(max_steps or t_cfg.n_iters, t_cfg.n_iters)
 
-    state = init_training(config, device)
-    cpu_seconds = 0.0
-    if resume is not None:
-        cpu_seconds = _restore(latest_checkpoint(resume), state)
-    step = state.step
-    model = state.net
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            state.net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if compile:
-        model = torch.compile(model)
-
-    if images is None:
-        images = load_training_images(
-            config, cache_dir=cache_dir, workers=workers, progress=progress and rank == 0
-        )
-    batches = infinite_batches(
-        images.to(device),
-        t_cfg.batch_size // world_size,
-        seed=t_cfg.seed,
-        random_flip=config.data.random_flip,
-        rank=rank,
-        world_size=world_size,
-        start_step=step,
-    )
-    log = TrainLog(run_dir, config, rank == 0, progress, start=step, end=end, cpu=cpu_seconds)
-    alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
-    x_T = torch.randn(
-        (min(64, t_cfg.batch_size), config.model.in_channels, *(config.data.image_size,) * 2),
-        generator=torch.Generator().manual_seed(t_cfg.seed + 1),
-    ).to(device)
-
-    stop = _StopFlag()
-    last = None
-    with stop.installed():
-        while state.step < end and stop.signal is None:
-            loss = train_step(
-                config, state, next(batches), alpha_bar, model=model, amp=amp, rank=rank,
-                world_size=world_size,
+    claim = claim_run_dir(run_dir, resume, overwrite) if rank == 0 else contextlib.nullcontext()
+    with claim:
+        state = init_training(config, device)
+        cpu_seconds = 0.0
+        if resume is not None:
+            cpu_seconds = _restore(latest_checkpoint(resume), state)
+        step = state.step
+        model = state.net
+        if world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                state.net, device_ids=[device.index] if device.type == "cuda" else None
             )
-            step = state.step
-            log.add(step, loss, learning_rate(config, step - 1))
-            if step % log_every == 0 or step == end:
-                log.flush(step)
-            if step % checkpoint_every == 0 or step == end or stop.signal is not None:
-                log.flush(step)
-                last = _save(run_dir, config, state, log.cpu_seconds(), keep, rank)
-            if sample_every and step % sample_every == 0 and rank == 0:
-                _sample_grid(run_dir, config, state.ema, x_T, step, amp)
-    log.close()
-    if stop.signal is not None and rank == 0:
-        print(f"stopped by signal {stop.signal} at step {step}; checkpoint {last}", file=sys.stderr)
-    return last
+        if compile:
+            model = torch.compile(model)
+
+        if images is None:
+            images = load_training_images(
+                config, cache_dir=cache_dir, workers=workers, progress=progress and rank == 0
+            )
+        batches = infinite_batches(
+            images.to(device),
+            t_cfg.batch_size // world_size,
+            seed=t_cfg.seed,
+            random_flip=config.data.random_flip,
+            rank=rank,
+            world_size=world_size,
+            start_step=step,
+        )
+        log = TrainLog(run_dir, config, rank == 0, progress, start=step, end=end, cpu=cpu_seconds)
+        alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
+        x_T = torch.randn(
+            (min(64, t_cfg.batch_size), config.model.in_channels, *(config.data.image_size,) * 2),
+            generator=torch.Generator().manual_seed(t_cfg.seed + 1),
+        ).to(device)
+
+        stop = _StopFlag()
+        last = None
+        with stop.installed():
+            while state.step < end and stop.signal is None:
+                loss = train_step(
+                    config, state, next(batches), alpha_bar, model=model, amp=amp, rank=rank,
+                    world_size=world_size,
+                )
+                step = state.step
+                log.add(step, loss, learning_rate(config, step - 1))
+                if step % log_every == 0 or step == end:
+                    log.flush(step)
+                if step % checkpoint_every == 0 or step == end or stop.signal is not None:
+                    log.flush(step)
+                    last = _save(run_dir, config, state, log.cpu_seconds(), keep, rank)
+                if sample_every and step % sample_every == 0 and rank == 0:
+                    _sample_grid(run_dir, config, state.ema, x_T, step, amp)
+        log.close()
+        if stop.signal is not None and rank == 0:
+            print(f"stopped by signal {stop.signal} at step {step}; checkpoint {last}",
+                  file=sys.stderr)
+        return last
 
 
 def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every) -> None:
