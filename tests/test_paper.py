@@ -246,7 +246,10 @@ def test_table_command_end_to_end_with_a_stub_scorer(tiny_checkpoint, tmp_path, 
     assert "| σ̂ |" in (out / "table.md").read_text()
     assert Image.open(out / "fid_vs_steps.png").size == (640, 420)
     assert main(argv) == 0 and scored == [3] * 6  # resumed: nothing recomputed
-    assert main([*argv[:-2], "--raw", "-o", str(out)]) == 0 and len(scored) == 12  # new weights
+    before = (out / "table.json").read_text()
+    assert main([*argv[:-2], "--raw", "-o", str(out)]) == 2  # other weights: refused, kept
+    assert (out / "table.json").read_text() == before and len(scored) == 6
+    assert main([*argv[:-2], "--raw", "-o", str(out), "--overwrite"]) == 0 and len(scored) == 12
 
 
 @pytest.mark.slow

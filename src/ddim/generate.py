@@ -1,14 +1,23 @@
 """Generating many images from a checkpoint: per-image seeds, batches, ranks, resumable shards.
 
 Image k is drawn from its own seed (`seeds[k]`): its x_T and every noise it receives come from a
-generator seeded with it, so image k is the same at any batch size and on any number of GPUs.
+generator seeded with it, bit for bit the same at any batch size and on any number of GPUs. The
+network's arithmetic is not: oneDNN on the CPU (and cuDNN on GPUs) picks kernels by batch size,
+which sum in another order, so the float outputs of image k at two batch sizes differ by float32
+rounding (on the CPU, measured at most 1e-4 after 50 steps; in uint8, rarely and by one level).
+The same batch size, device and thread count give bit-identical images (docs/reliability.md).
+
 Work is written as shards `parts/part-<first index>.npz` (uint8 NHWC with their indices), each
-atomically; a rerun skips finished shards, so an interrupted run resumes where it stopped. Under
-`torchrun`, rank r takes batches r, r + W, r + 2W, …; rank 0 merges the shards at the end.
+atomically. A rerun reads which indices the shards hold and makes only the missing ones, so an
+interrupted run resumes where it stopped and a larger N grows the folder; a damaged shard is
+removed (with a warning) and remade. Which settings a folder's shards were made with is the
+caller's record (`ddim sample` keeps one, `ddim.files.outputs`). Under `torchrun`, rank r takes
+batches r, r + W, r + 2W, …; rank 0 merges the shards at the end.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +30,7 @@ from ddim.diffusion.eps_model import EpsModel
 from ddim.diffusion.samplers import generators_from_seeds, randn, sample, sample_ddpm
 from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
-from ddim.files import atomic_write
+from ddim.files import atomic_write, load_npz_arrays
 
 
 @dataclass(frozen=True)
@@ -101,25 +110,29 @@ def generate_to_shards(
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write this rank's missing shards to `folder/parts`; return how many images it made."""
+    """Make this rank's images that no shard in `folder/parts` holds; return how many it made."""
     parts = Path(folder) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
+    held = np.zeros(len(seeds), bool)
+    for indices in shard_indices(parts).values():
+        held[indices[indices < len(seeds)]] = True
     made = 0
     for first, batch_seeds in batches_of(seeds, batch, rank, world_size):
-        path = parts / f"part-{first:07d}.npz"
-        if not path.exists():
-            images = to_uint8(sample_batch(eps_model, betas, spec, batch_seeds, shape, device))
-            _save_shard(path, first, images)
-            made += len(batch_seeds)
+        todo = [k for k in range(first, first + len(batch_seeds)) if not held[k]]
+        if todo:
+            chosen = [seeds[k] for k in todo]
+            images = to_uint8(sample_batch(eps_model, betas, spec, chosen, shape, device))
+            _save_shard(parts / f"part-{todo[0]:07d}.npz", todo, images)
+            made += len(todo)
         if progress is not None:
             progress(len(batch_seeds))
     return made
 
 
-def _save_shard(path: Path, first: int, images: torch.Tensor) -> None:
+def _save_shard(path: Path, indices: Sequence[int], images: torch.Tensor) -> None:
     """One shard, atomically: uint8 NHWC images and their indices."""
     pixels = images.permute(0, 2, 3, 1).cpu().numpy()
-    indices = np.arange(first, first + len(images))
+    indices = np.asarray(indices, dtype=np.int64)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
@@ -128,15 +141,39 @@ def _save_shard(path: Path, first: int, images: torch.Tensor) -> None:
     atomic_write(path, write)
 
 
+def _read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 NHWC images, int indices) of one shard, checked; a bad shard is a DdimError."""
+    arrays = load_npz_arrays(path, ["images", "indices"])
+    images, indices = arrays["images"], arrays["indices"]
+    if (images.dtype != np.uint8 or images.ndim != 4 or indices.ndim != 1
+            or indices.dtype.kind not in "iu" or len(images) != len(indices)
+            or (len(indices) and indices.min() < 0)):
+        raise DdimError(f"{str(path)!r} is not a shard of uint8 images and their indices")
+    return images, indices.astype(np.int64)
+
+
+def shard_indices(parts: str | Path) -> dict[Path, np.ndarray]:
+    """The image indices each shard in `parts` holds; a damaged shard is removed, with a warning."""
+    found = {}
+    for path in sorted(Path(parts).glob("part-*.npz")):
+        try:
+            found[path] = _read_shard(path)[1]
+        except DdimError as error:
+            warnings.warn(f"removing a damaged shard (its images are made again): {error}",
+                          stacklevel=2)
+            path.unlink(missing_ok=True)
+    return found
+
+
 def read_shards(folder: str | Path, n: int) -> torch.Tensor:
-    """All n images from the shards in `folder/parts`, in index order, as uint8 (N, C, H, W)."""
-    out = None
-    seen = np.zeros(n, bool)
+    """Images 0 … n-1 from the shards in `folder/parts`, as uint8 (N, C, H, W)."""
+    out, seen = None, np.zeros(n, bool)
     for path in sorted((Path(folder) / "parts").glob("part-*.npz")):
-        with np.load(path) as shard:
-            images, indices = shard["images"], shard["indices"]
+        images, indices = _read_shard(path)
         if out is None:
             out = np.empty((n, *images.shape[1:]), np.uint8)
+        if images.shape[1:] != out.shape[1:]:
+            raise DdimError(f"{str(path)!r} holds {images.shape[1:]} images, not {out.shape[1:]}")
         keep = indices < n
         out[indices[keep]] = images[keep]
         seen[indices[keep]] = True

@@ -43,12 +43,11 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 def save_pngs(images: torch.Tensor, folder: str | os.PathLike, first_index: int = 0) -> list[Path]:
     """Write uint8 images (N, C, H, W) as `folder/{index:06d}.png`, index from `first_index`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, image in enumerate(images.permute(0, 2, 3, 1).cpu().numpy()):
+        picture = _pil(image)
         path = folder / f"{first_index + k:06d}.png"
-        _pil(image).save(path)
-        paths.append(path)
+        paths.append(atomic_write(path, lambda tmp, p=picture: p.save(tmp, format="PNG")))
     return paths
 
 

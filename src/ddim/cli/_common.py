@@ -1,12 +1,11 @@
-"""What the commands share: the flags that load a model, pick a sampler or read images, and the
-loaders behind them. Commands import this module, never each other."""
+"""What the commands share: the flags that load a model, pick a sampler, read images or name an
+output, the checks of numbers from the command line, and the loaders behind them. Commands import
+this module, never each other."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
 
 from ddim.diffusion.samplers import check_eta
 from ddim.diffusion.schedule import SKIP_KINDS
@@ -49,8 +48,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> 
     parser.add_argument(
         "--variance",
         choices=["small", "large"],
-        default="small",
-        help="DDPM variance: small = β̃, large = β (the paper's σ̂)",
+        default=None,
+        help="DDPM variance: small = β̃ (default), large = β (the paper's σ̂)",
     )
     parser.add_argument(
         "--clip-x0",
@@ -76,10 +75,56 @@ def add_ode_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> None
     add_skip_argument(parser)
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """--overwrite: replace an output made with other settings (see ddim.files.outputs)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output made with other settings")
+
+
+def picture_output(path: str):
+    """(Output, record path) for a PNG written with a JSON record beside it (NAME.json)."""
+    from ddim.files import file_output
+
+    path = Path(path)
+    record = path.with_suffix(".json")
+    if record == path:
+        raise DdimError(f"-o {str(path)!r}: give a .png name (the record goes to NAME.json)")
+    return file_output(path, beside=(record.name,)), record
+
+
 def data_overrides(data: str | None, subdir: str | None) -> list[str]:
     """`data.path` and `data.subdir` overrides from --data and --subdir (the path made absolute)."""
     overrides = [f"data.path={Path(data).resolve()}"] if data else []
     return overrides + ([f"data.subdir={subdir}"] if subdir else [])
+
+
+# --- numbers from the command line -------------------------------------------------------------
+
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+
+
+def check_count(value: int, flag: str, least: int = 1) -> int:
+    """An integer option that must be at least `least`; else a DdimError naming the flag."""
+    if value < least:
+        raise DdimError(f"{flag} must be >= {least}, got {value}")
+    return value
+
+
+def check_seeds(seed: int, count: int, flag: str = "--seed") -> range:
+    """Seeds seed, seed + 1, …, seed + count - 1, all in [0, 2^63 - 1]; else a DdimError."""
+    if seed < 0 or seed + count - 1 > MAX_SEED:
+        raise DdimError(
+            f"{flag} {seed}: the seeds {seed} … {seed + count - 1} must lie in [0, 2^63 - 1]"
+        )
+    return range(seed, seed + count)
+
+
+def check_image_memory(count: int, shape, flag: str, bytes_per_value: int = 1) -> None:
+    """Refuse a count of images (C, H, W) that could not be held in this machine's memory."""
+    from ddim.files import check_fits_in_memory
+
+    c, h, w = shape
+    check_fits_in_memory(count * c * h * w * bytes_per_value, f"{flag} {count} ({c}x{h}x{w} each)")
 
 
 # --- loaders -----------------------------------------------------------------------------------
@@ -93,12 +138,10 @@ def load_for_sampling(args):
         load_checkpoint,
         model_from_checkpoint,
     )
-    from ddim.device import distributed_context
+    from ddim.device import distributed_context, parse_device
     from ddim.network.precision import eps_model_for, sampling_precision
 
-    rank, world_size, device = distributed_context(
-        torch.device(args.device) if args.device else None
-    )
+    rank, world_size, device = distributed_context(parse_device(args.device))
     args.ckpt = args.ckpt or str(bundled_checkpoint())
     checkpoint = load_checkpoint(args.ckpt, config=args.config)
     net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
@@ -114,28 +157,38 @@ def sampler_spec(args, config, steps=None):
 
     s = config.sampling
     clip = {"auto": None, "on": True, "off": False}[args.clip_x0]
+    if args.sampler == "ddpm" and args.eta is not None:
+        raise DdimError("--eta applies to --sampler ddim only; DDPM's noise is set by --variance")
+    if args.sampler == "ddim" and args.variance is not None:
+        raise DdimError("--variance applies to --sampler ddpm only; DDIM's noise is set by --eta")
     eta = check_eta(s.eta if args.eta is None else args.eta, "--eta")
     return SamplerSpec(
         steps=next(v for v in (steps, args.steps, s.steps) if v is not None),
         skip=args.skip or s.skip,
-        eta=eta,
+        eta=eta if args.sampler == "ddim" else 0.0,
         kind=args.sampler,
-        variance=args.variance,
+        variance=args.variance or "small",
         clip_x0=clip,
     )
+
+
+def spec_record(spec) -> dict:
+    """The sampler's settings as recorded: only those the chosen sampler uses."""
+    unused = "variance" if spec.kind == "ddim" else "eta"
+    return {key: value for key, value in spec.__dict__.items() if key != unused}
 
 
 def dataset_images(args, config):
     """(uint8 images, their indices) from --images/--subdir, the first --n, at the model's size."""
     from ddim.data import open_dataset, take_images
 
+    n = None if args.n is None else check_count(args.n, "--n")
+    if args.batch is not None:
+        check_count(args.batch, "--batch")
     dataset = open_dataset(args.images, subdir=args.subdir,
                            resolution=config.data.image_size, progress=False)
-    n = len(dataset) if args.n is None else args.n
-    if n < 1:
-        raise DdimError(f"--n must be >= 1, got {n}")
-    indices = list(range(min(n, len(dataset))))
-    return take_images(dataset, indices), indices
+    indices = list(range(len(dataset) if n is None else min(n, len(dataset))))
+    return take_images(dataset, indices), indices, dataset
 
 
 def load_ode_run(args):
@@ -143,8 +196,7 @@ def load_ode_run(args):
     input at several S (`reconstruct`, `trajectory`); every S is validated before any work."""
     from ddim.diffusion.schedule import timesteps
 
-    if args.show < 1:
-        raise DdimError(f"--show must be >= 1, got {args.show}")
+    check_count(args.show, "--show")
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
     betas = config.diffusion.betas()
     steps = [config.sampling.steps] if args.steps is None else args.steps
@@ -153,13 +205,30 @@ def load_ode_run(args):
     return eps_model, config, device, amp, betas, steps, skip, seqs
 
 
+def model_settings(args, config, amp) -> dict:
+    """What decides a model's outputs, for output records: weights (by hash), EMA or raw, the
+    config, bf16. Not the path (a moved file is the same model) nor the device."""
+    return {
+        "checkpoint_sha256": checkpoint_sha256(args.ckpt),
+        "weights": "raw" if args.raw else "ema",
+        "bf16": amp,
+        "config": config.to_dict(),
+    }
+
+
+def checkpoint_sha256(path) -> str:
+    """SHA-256 of a checkpoint file (or diffusers folder), computed once per process."""
+    from ddim.files import cached_file_sha256, path_sha256
+
+    path = Path(path).resolve()
+    return path_sha256(path) if path.is_dir() else cached_file_sha256(str(path))
+
+
 def model_record(args, config, device, amp) -> dict:
     """What identifies the model run: checkpoint + hash, EMA or raw, device, bf16."""
-    from ddim.files import file_sha256
-
     return {
         "checkpoint": str(args.ckpt),
-        "checkpoint_sha256": file_sha256(args.ckpt),
+        "checkpoint_sha256": checkpoint_sha256(args.ckpt),
         "weights": "raw" if args.raw else "ema",
         "device": str(device),
         "bf16": amp,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from ddim.cli._common import add_skip_argument
+from ddim.cli._common import add_overwrite_argument, add_skip_argument, check_count
 from ddim.errors import DdimError
 
 HELP = "Benchmark sampling and training: images/s, TFLOP/s, % of peak, peak memory (JSON too)."
@@ -44,26 +43,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip diffusers' DDIM loop even when diffusers is installed")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("-o", "--output", help="write the results as JSON here")
+    add_overwrite_argument(parser)
 
 
 def run(args) -> int:
-    """Run the chosen benchmarks and print a table."""
+    """Run the chosen benchmarks, print a table, and write it as JSON with -o."""
+    import contextlib
+
+    from ddim.cli._common import checkpoint_sha256
+    from ddim.files import claim_output, file_output
+
+    _check(args)
+    config, weights, device = _setup(args)
+    claim = contextlib.nullcontext()
+    if args.output:
+        settings = {
+            **{k: v for k, v in vars(args).items() if k not in ("output", "overwrite", "_run")},
+            "checkpoint_sha256": checkpoint_sha256(args.ckpt) if args.ckpt else None,
+            "config": config.to_dict(), "device": str(device),
+        }
+        claim = claim_output(file_output(args.output), settings, overwrite=args.overwrite)
+    with claim:
+        results = _measure(args, config, weights, device)
+        _report(args, config, device, results)
+    return 0
+
+
+def _check(args) -> None:
+    """Reject bad numbers before anything runs; set the thread count."""
+    for flag in ("repeats", "batch", "steps", "train_batch"):
+        check_count(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.peak_tflops is not None and not (0 < args.peak_tflops < float("inf")):
+        raise DdimError(f"--peak-tflops must be a positive number, got {args.peak_tflops}")
+    if args.threads is not None:
+        torch.set_num_threads(check_count(args.threads, "--threads"))
+
+
+def _setup(args):
+    """(config, float32 weights or None, device) from --ckpt or --config, --set and --device."""
     from ddim.checkpoint import config_for_foreign, load_checkpoint
-    from ddim.cli._common import data_overrides
     from ddim.config import apply_overrides, load_config
     from ddim.device import parse_device
-    from ddim.experiments.bench import as_rows, bench_sampling, bench_training, describe_device
-    from ddim.training import load_training_images
 
-    if args.repeats < 1:
-        raise DdimError(f"--repeats must be >= 1, got {args.repeats}")
-    for flag in ("batch", "steps", "train_batch"):
-        if getattr(args, flag) < 1:
-            raise DdimError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise DdimError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     weights = None
     if args.ckpt:
         checkpoint = load_checkpoint(args.ckpt)
@@ -75,34 +96,40 @@ def run(args) -> int:
     device = parse_device(args.device) or torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
+    return config, weights, device
+
+
+def _measure(args, config, weights, device) -> list:
+    """The sampling and training benchmarks asked for by --what."""
+    from ddim.cli._common import data_overrides
+    from ddim.config import apply_overrides
+    from ddim.experiments.bench import bench_sampling, bench_training
+    from ddim.training import load_training_images
+
     results = []
     if "sample" in args.what:
         results += bench_sampling(
-            config,
-            device=device,
-            batch=args.batch,
-            steps=args.steps,
-            skip=args.skip,
-            repeats=args.repeats,
-            compile=args.compile,
-            peak_tflops=args.peak_tflops,
-            weights=weights,
-            diffusers=not args.no_diffusers,
-        )
+            config, device=device, batch=args.batch, steps=args.steps, skip=args.skip,
+            repeats=args.repeats, compile=args.compile, peak_tflops=args.peak_tflops,
+            weights=weights, diffusers=not args.no_diffusers,
+        )  # fmt: skip
     if "train" in args.what:
         images = None
         if args.data:
             overrides = data_overrides(args.data, args.subdir)
             images = load_training_images(apply_overrides(config, overrides))
         results += bench_training(
-            config,
-            device=device,
-            batch=args.train_batch,
-            repeats=args.repeats * 5,
-            compile=args.compile,
-            peak_tflops=args.peak_tflops,
-            images=images,
-        )
+            config, device=device, batch=args.train_batch, repeats=args.repeats * 5,
+            compile=args.compile, peak_tflops=args.peak_tflops, images=images,
+        )  # fmt: skip
+    return results
+
+
+def _report(args, config, device, results) -> None:
+    """Print the results as a markdown table; with -o, write them as JSON too."""
+    from ddim.experiments.bench import as_rows, describe_device
+    from ddim.files import write_text
+
     print(f"device: {describe_device(device)}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print("| task | path | batch | images/s | TFLOP/s | % of peak | peak GiB | note |")
@@ -118,5 +145,4 @@ def run(args) -> int:
         record = {"device": describe_device(device), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "checkpoint": args.ckpt,
                   "config": config.to_dict(), "results": as_rows(results)}
-        Path(args.output).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return 0
+        write_text(args.output, json.dumps(record, indent=2))

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from ddim.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from ddim.checkpoint.diffusers import export_diffusers, verify_diffusers
+from ddim.cli._common import add_overwrite_argument, checkpoint_sha256
 from ddim.config import CONFIG_NAMES
 from ddim.errors import DdimError
+
+DIFFUSERS_NAMES = ("model_index.json", "unet", "scheduler")
 
 HELP = "Convert U-Net weights: official ckpt.pth/.ckpt, ddim .safetensors, diffusers folders."
 EXAMPLE = "ddim convert ckpt.pth cifar10.safetensors --config cifar10"
@@ -46,41 +49,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="diffusers export: load it with diffusers and compare outputs (needs diffusers)",
     )
+    add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the source, write the destination, print what was written."""
+    from ddim.files import claim_output
+
     to = args.to or ("ddim" if args.destination.suffix == ".safetensors" else "diffusers")
+    if args.destination.resolve() == args.source.resolve():
+        raise DdimError(f"the destination {str(args.destination)!r} is the source; write elsewhere")
     checkpoint = load_checkpoint(args.source, config=args.config)
     if checkpoint.config is None:
         raise DdimError(
             f"{args.source} records no config (schedule, image size): give --config, "
             f"e.g. --config {CONFIG_NAMES[0]}"
         )
-    if to == "ddim":
-        model, ema = checkpoint.model_state, None if args.raw else checkpoint.ema_state
-        if args.half:
-            model = {k: v.half() for k, v in checkpoint.weights(use_ema=not args.raw).items()}
-            ema = None
-        save_checkpoint(
-            args.destination,
-            model_state=model,
-            ema_state=ema,
-            config=checkpoint.config,
-            step=checkpoint.step or 0,
-            extra_meta={
-                "converted_from": str(args.source),
-                "source_kind": checkpoint.kind,
-                "weights": "raw" if args.raw else "ema",
-                "float16": args.half,
-            },
-        )
-    else:
-        export_diffusers(checkpoint, args.destination, use_ema=not args.raw)
-        if args.verify:
-            _verify(checkpoint, args.destination, use_ema=not args.raw)
+    settings = {"source_sha256": checkpoint_sha256(args.source), "to": to, "raw": args.raw,
+                "half": args.half, "config": checkpoint.config.to_dict()}
+    with claim_output(_output(args.destination, to), settings, overwrite=args.overwrite):
+        if to == "ddim":
+            _save_ddim(args, checkpoint)
+        else:
+            export_diffusers(checkpoint, args.destination, use_ema=not args.raw)
+            if args.verify:
+                _verify(checkpoint, args.destination, use_ema=not args.raw)
     print(f"wrote {args.destination} ({to}, from a {checkpoint.kind} checkpoint)")
     return 0
+
+
+def _output(destination: Path, to: str):
+    """The destination as an output: our file, or a diffusers folder."""
+    from ddim.files import file_output, folder_output
+
+    if to == "ddim":
+        return file_output(destination)
+    return folder_output(destination, DIFFUSERS_NAMES)
+
+
+def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
+    """Write our format: both weights, or only the chosen ones (in float16 with --half)."""
+    model, ema = checkpoint.model_state, None if args.raw else checkpoint.ema_state
+    if args.half:
+        model = {k: v.half() for k, v in checkpoint.weights(use_ema=not args.raw).items()}
+        ema = None
+    save_checkpoint(
+        args.destination,
+        model_state=model,
+        ema_state=ema,
+        config=checkpoint.config,
+        step=checkpoint.step or 0,
+        extra_meta={
+            "converted_from": str(args.source),
+            "source_kind": checkpoint.kind,
+            "weights": "raw" if args.raw else "ema",
+            "float16": args.half,
+        },
+    )
 
 
 def _verify(checkpoint: Checkpoint, folder: Path, *, use_ema: bool) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ddim.cli._common import add_overwrite_argument, check_count, check_seeds
+
+# What `ddim demo` owns in its folder (the rest of its files have fixed names it rewrites).
+OWNED = ("run", "report.html", "report.md", "results.json")
+
 HELP = "Train a tiny DDPM on built-in shapes, sample with DDIM and DDPM, write an HTML report."
 EXAMPLE = "ddim demo -o demo --steps 1200 --seed 0 --device cpu"
 
@@ -24,32 +29,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a busy machine)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_argument(parser)
 
 
 def run(args) -> int:
     """Run the demo and print where the report is."""
-    from ddim.errors import DdimError
+    from ddim.device import parse_device
     from ddim.experiments.demo import run_demo
+    from ddim.files import claim_output, folder_output
 
-    if args.steps < 1:
-        raise DdimError(f"--steps must be >= 1, got {args.steps}")
+    check_count(args.steps, "--steps")
+    check_seeds(args.seed, 10**7)  # the demo draws seeds up to seed + a few million
+    device = parse_device(args.device)
     if args.threads is not None:
-        if args.threads < 1:
-            raise DdimError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_count(args.threads, "--threads"))
     command = (
         f"ddim demo -o {shlex.quote(str(args.out))} --steps {args.steps} --seed {args.seed} "
         f"--device {shlex.quote(args.device)}"
     ) + (f" --threads {args.threads}" if args.threads is not None else "")
-    report = run_demo(
-        args.out,
-        steps=args.steps,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        command=command,
-    )
+    settings = {"steps": args.steps, "seed": args.seed, "device": device.type}
+    with claim_output(folder_output(args.out, OWNED), settings, overwrite=args.overwrite):
+        report = run_demo(
+            args.out,
+            steps=args.steps,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+            command=command,
+        )
     print(f"report: {report}")
     return 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ddim.cli._common import add_overwrite_argument, check_count
 from ddim.errors import DdimError
 
 HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
@@ -30,6 +32,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
+    add_overwrite_argument(parser)
 
 
 def _subparser(subs, name: str, help_: str, example: str) -> argparse.ArgumentParser:
@@ -49,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(ref)
     ref.set_defaults(_fid_run=run_ref)
     calc = _subparser(subs, "calc", "FID of images against reference statistics.", CALC_EXAMPLE)
-    calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images")
+    calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images, or a "
+                      "`ddim sample` output folder (its samples.npz)")
     calc.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
     calc.add_argument("--json", default=None,
                       help="where to write the result (default: IMAGES-fid.json beside IMAGES)")
@@ -64,15 +68,36 @@ def run(args: argparse.Namespace) -> int | None:
 
 def _device(name: str | None) -> torch.device:
     """The requested device, or cuda when available, else cpu."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ddim.device import parse_device
+
+    return parse_device(name) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sample_folder_images(path: str) -> str:
+    """The images of a `ddim sample` output folder (samples.npz, else png/); other paths as given.
+
+    A sample folder also holds grid.png and the shards, which are not samples to score.
+    """
+    folder = Path(path)
+    if not (folder.is_dir() and (folder / "sample.json").is_file()):
+        return path
+    for name in ("samples.npz", "png"):
+        if (folder / name).exists():
+            print(f"scoring {folder / name}, the images of `ddim sample`", file=sys.stderr)
+            return str(folder / name)
+    raise DdimError(f"{path} is a `ddim sample` folder without samples.npz or png/; rerun "
+                    "`ddim sample` into it without --no-npz to write them")
 
 
 def _open(path: str, args: argparse.Namespace):
-    """The uint8 images at `path`: one tensor when already decoded, else the lazy dataset."""
+    """(uint8 images: one tensor when already decoded, else the lazy dataset; a description;
+    the dataset)."""
     from torch.utils.data import Subset
 
     from ddim.data import open_dataset
 
+    check_count(args.batch, "--batch")
+    check_count(args.workers, "--workers", least=0)
     dataset = open_dataset(path, subdir=args.subdir, resolution=args.resolution)
     n = len(dataset) if args.n is None else args.n
     if n < 2:
@@ -84,20 +109,32 @@ def _open(path: str, args: argparse.Namespace):
     first = "" if n == len(dataset) else f"the first {n} of "
     source = f"{dataset.source}: {first}{len(dataset)} images, {c}x{h}x{w} uint8"
     if images is not None:
-        return images[:n], source
-    return (dataset if n == len(dataset) else Subset(dataset, range(n))), source
+        return images[:n], source, dataset
+    return (dataset if n == len(dataset) else Subset(dataset, range(n))), source, dataset
+
+
+def _data_settings(dataset, args: argparse.Namespace) -> dict:
+    """What decides a stats file or a score: the images (fingerprint), how many, Inception."""
+    from ddim import fid
+
+    return {"images": json.loads(dataset.fingerprint()), "n": args.n,
+            "network_sha256": fid.network_sha256(), "convention": fid.CONVENTION}
 
 
 def run_ref(args: argparse.Namespace) -> int:
     """`ddim fid ref`: write the dataset's Inception statistics."""
     from ddim import fid
+    from ddim.files import claim_output, file_output
 
     fid.inception_path()  # fail early without the optional extra
-    images, source = _open(args.data, args)
-    stats = fid.compute_reference(
-        images, args.out, source=source, device=_device(args.device), batch_size=args.batch,
-        workers=args.workers,
-    )
+    device = _device(args.device)
+    images, source, dataset = _open(args.data, args)
+    settings = _data_settings(dataset, args)
+    with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
+        stats = fid.compute_reference(
+            images, args.out, source=source, device=device, batch_size=args.batch,
+            workers=args.workers, resolution=dataset.resolution,
+        )
     print(f"wrote {args.out}: {stats.n} images, convention {stats.convention}")
     return 0
 
@@ -114,23 +151,26 @@ def _json_path(images: str, override: str | None) -> Path:
 def run_calc(args: argparse.Namespace) -> int:
     """`ddim fid calc`: print the FID of IMAGES against --ref and write it as JSON."""
     from ddim import fid
+    from ddim.files import claim_output, file_output, file_sha256, write_text
 
     ref = fid.load_stats(args.ref)
-    images, source = _open(args.images, args)
     device = _device(args.device)
-    start = time.perf_counter()
-    gen = fid.stats_from_images(
-        images, source=source, device=device, batch_size=args.batch, workers=args.workers
-    )
-    score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
-    result = {
-        "fid": score, "n": gen.n, "images": gen.source, "ref": str(args.ref),
-        "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,
-        "convention": gen.convention, "device": str(device),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    images, source, dataset = _open(sample_folder_images(args.images), args)
+    fid.check_resolution(ref, dataset.resolution, str(args.ref))
     out = _json_path(args.images, args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(args.ref)}
+    with claim_output(file_output(out), settings, overwrite=args.overwrite):
+        start = time.perf_counter()
+        gen = fid.stats_from_images(
+            images, source=source, device=device, batch_size=args.batch, workers=args.workers
+        )
+        score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+        result = {
+            "fid": score, "n": gen.n, "images": gen.source, "ref": str(args.ref),
+            "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,
+            "convention": gen.convention, "device": str(device),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); wrote {out}")
     return 0

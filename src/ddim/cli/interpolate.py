@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -13,8 +12,14 @@ from tqdm import tqdm
 from ddim.cli._common import (
     add_model_arguments,
     add_ode_arguments,
+    add_overwrite_argument,
+    check_count,
+    check_image_memory,
+    check_seeds,
     load_for_sampling,
     model_record,
+    model_settings,
+    picture_output,
 )
 from ddim.errors import DdimError
 
@@ -37,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ode_arguments(parser)
     parser.add_argument("-o", "--out", default="interpolate.png",
                         help="PNG (one row per pair); settings go to the same name with .json")
+    add_overwrite_argument(parser)
 
 
 def _pairs(values: list, flag: str) -> list[tuple]:
@@ -46,36 +52,49 @@ def _pairs(values: list, flag: str) -> list[tuple]:
     return list(zip(values[0::2], values[1::2]))
 
 
-def endpoint_images(args, config) -> torch.Tensor:
-    """The uint8 images to interpolate between, pairs in consecutive order."""
+def endpoint_images(args, config) -> tuple[torch.Tensor, dict]:
+    """The uint8 images to interpolate between (pairs in consecutive order), and what identifies
+    them: the files' hashes, or the dataset's fingerprint and the indices."""
     from ddim.data import load_image_files, open_dataset, take_images
+    from ddim.files import file_sha256
 
     size = config.data.image_size
     if args.indices is None:
         _pairs(args.images, "--images")
-        return load_image_files(args.images, size)
+        images = load_image_files(args.images, size)
+        return images, {"image_sha256": [file_sha256(path) for path in args.images]}
     if len(args.images) != 1:
         raise DdimError(f"--indices needs one dataset in --images, got {len(args.images)} paths")
     _pairs(args.indices, "--indices")
     dataset = open_dataset(args.images[0], subdir=args.subdir, resolution=size, progress=False)
-    return take_images(dataset, args.indices)
+    identity = {"dataset": json.loads(dataset.fingerprint()), "indices": args.indices}
+    return take_images(dataset, args.indices), identity
 
 
-def strips(args, eps_model, betas, config, device, steps: int, skip: str) -> list[torch.Tensor]:
-    """One uint8 strip (num, C, H, W) per pair of seeds or images."""
+def _endpoints(args, config) -> tuple[torch.Tensor | None, dict]:
+    """(the images to interpolate between, or None for seeds; what identifies them)."""
+    if args.seeds is not None:
+        _pairs(args.seeds, "--seeds")
+        return None, {"seeds": args.seeds}
+    return endpoint_images(args, config)
+
+
+def strips(args, eps_model, betas, config, device, steps: int, skip: str,
+           endpoints: torch.Tensor | None) -> list[torch.Tensor]:
+    """One uint8 strip (num, C, H, W) per pair of seeds or of `endpoints` images."""
     from ddim.data import to_model_range, to_uint8
     from ddim.diffusion.samplers import interpolate
     from ddim.experiments.paper import interpolate_latents, seed_latents
 
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     rows = []
-    if args.seeds is not None:
+    if endpoints is None:
         for a, b in tqdm(_pairs(args.seeds, "--seeds"), desc="interpolating", unit="pair"):
             z = seed_latents([a, b], shape, device)
             rows.append(interpolate_latents(eps_model, z[0], z[1], betas, num=args.num,
                                             steps=steps, skip=skip).cpu())
         return rows
-    x = to_model_range(endpoint_images(args, config).to(device))
+    x = to_model_range(endpoints.to(device))
     for k in tqdm(range(0, len(x), 2), desc="interpolating", unit="pair"):
         path = interpolate(eps_model, x[k], x[k + 1], betas, steps=steps, skip=skip, num=args.num)
         rows.append(to_uint8(path).cpu())
@@ -85,27 +104,37 @@ def strips(args, eps_model, betas, config, device, steps: int, skip: str) -> lis
 def run(args) -> int:
     """Write the interpolation strips as one PNG grid and a JSON record beside it."""
     from ddim.diffusion.schedule import timesteps
+    from ddim.files import claim_output, write_text
     from ddim.images import save_grid
 
-    if args.num < 2:
-        raise DdimError(f"--num must be >= 2, got {args.num}")
+    check_count(args.num, "--num", least=2)
+    for seed in args.seeds or []:
+        check_seeds(seed, 1, "--seeds")
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
+    output, record_path = picture_output(args.out)
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
     betas = config.diffusion.betas()
     steps = config.sampling.steps if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
     seq = timesteps(len(betas), steps, skip)
-    rows = strips(args, eps_model, betas, config, device, steps, skip)
-    out = Path(args.out)
-    save_grid(torch.cat(rows), out, nrow=args.num)
-    record = {
-        **model_record(args, config, device, amp),
-        "seeds": args.seeds, "images": args.images, "indices": args.indices,
-        "subdir": args.subdir, "num": args.num, "steps": steps, "skip": skip, "timesteps": seq,
-        "eta": 0.0, "latents": "seeds: x_T drawn per seed as `ddim sample`; images: DDIM encoding",
-        "interpolation": "slerp, alpha = linspace(0, 1, num)",
-    }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    print(f"wrote {len(rows)} strip(s) of {args.num} to {out}", file=sys.stderr)
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    pairs = len(args.seeds or args.indices or args.images) // 2
+    check_image_memory(args.num * max(pairs, 1), shape, "--num", bytes_per_value=4)
+    endpoints, source = _endpoints(args, config)
+    settings = {**model_settings(args, config, amp), **source, "num": args.num, "steps": steps,
+                "skip": skip}
+    with claim_output(output, settings, overwrite=args.overwrite):
+        rows = strips(args, eps_model, betas, config, device, steps, skip, endpoints)
+        save_grid(torch.cat(rows), args.out, nrow=args.num)
+        record = {
+            **model_record(args, config, device, amp),
+            "seeds": args.seeds, "images": args.images, "indices": args.indices,
+            "subdir": args.subdir, "num": args.num, "steps": steps, "skip": skip,
+            "timesteps": seq, "eta": 0.0,
+            "latents": "seeds: x_T drawn per seed as `ddim sample`; images: DDIM encoding",
+            "interpolation": "slerp, alpha = linspace(0, 1, num)",
+        }
+        write_text(record_path, json.dumps(record, indent=2))
+    print(f"wrote {len(rows)} strip(s) of {args.num} to {args.out}", file=sys.stderr)
     return 0

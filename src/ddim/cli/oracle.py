@@ -11,8 +11,9 @@ import argparse
 import sys
 
 import torch
+from tqdm import tqdm
 
-from ddim.cli._common import add_skip_argument
+from ddim.cli._common import add_overwrite_argument, add_skip_argument, check_count, check_seeds
 from ddim.diffusion.oracle import (
     GaussianMoments,
     GaussianOracle,
@@ -20,7 +21,7 @@ from ddim.diffusion.oracle import (
     frechet_distance_diagonal,
     toy_data,
 )
-from ddim.diffusion.samplers import ddim_plan, ddpm_plan, walk
+from ddim.diffusion.samplers import check_eta, ddim_plan, ddpm_plan, walk
 from ddim.diffusion.schedule import make_betas, timesteps
 
 HELP = "Table 1 on Gaussian data with the exact ε-predictor: sampler error against S and η."
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=10000, help="samples per cell (0: exact only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="also write the markdown table to this file")
+    add_overwrite_argument(parser)
 
 
 def measured(plan, oracle, n, dim, seed):
@@ -60,9 +62,11 @@ def table(args) -> str:
     rows.append(("σ̂ (DDPM, large variance)", lambda seq: ddpm_plan(betas, seq, "large")))
     header = "| sampler | " + " | ".join(f"S = {S}" for S in args.steps) + " |"
     lines = [header, "|" + " --- |" * (len(args.steps) + 1)]
+    bar = tqdm(total=len(rows) * len(args.steps), unit="cell", desc="oracle table")
     for name, make_plan in rows:
         cells = []
         for S in args.steps:
+            bar.update(1)
             plan = make_plan(seqs[S])
             exact = frechet_distance_diagonal(exact_output_moments(plan, mean, std, start), data)
             cell = f"{exact:.4f}"
@@ -70,14 +74,36 @@ def table(args) -> str:
                 cell += f" ({measured(plan, oracle, args.n, args.dim, args.seed + 1):.4f})"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    bar.close()
     return "\n".join(lines) + "\n"
+
+
+def check(args) -> None:
+    """Reject bad numbers before any work: counts, seeds, η, and sizes that cannot fit."""
+    from ddim.files import check_fits_in_memory
+
+    check_count(args.dim, "--dim")
+    check_count(args.n, "--n", least=0)
+    check_seeds(args.seed, 2)  # the data use seed, the sampler's draws seed + 1
+    check_fits_in_memory(4 * 8 * args.n * args.dim, f"--n {args.n} samples of --dim {args.dim}")
+    check_fits_in_memory(8 * args.dim, f"--dim {args.dim}")
+    for eta in args.etas:
+        check_eta(eta, "--etas")
+    for S in args.steps:
+        timesteps(1000, S, args.skip)
 
 
 def run(args) -> int:
     """Print (and optionally write) the table."""
-    text = table(args)
-    sys.stdout.write(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+    from ddim.files import claim_output, file_output, write_text
+
+    check(args)
+    if not args.output:
+        sys.stdout.write(table(args))
+        return 0
+    settings = {key: getattr(args, key) for key in ("skip", "steps", "etas", "dim", "n", "seed")}
+    with claim_output(file_output(args.output), settings, overwrite=args.overwrite):
+        text = table(args)
+        sys.stdout.write(text)
+        write_text(args.output, text)
     return 0

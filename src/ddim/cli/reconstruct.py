@@ -14,9 +14,11 @@ from ddim.cli._common import (
     add_images_arguments,
     add_model_arguments,
     add_ode_arguments,
+    add_overwrite_argument,
     dataset_images,
     load_ode_run,
     model_record,
+    model_settings,
 )
 
 HELP = "Table 2: reconstruction MSE of encode-then-decode with S steps each (η = 0), per S."
@@ -34,36 +36,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=8, help="images per row of the grid (8)")
     parser.add_argument("-o", "--out", default="reconstruct",
                         help="folder: reconstruct.json, reconstruct.md, reconstruct.png")
+    add_overwrite_argument(parser)
 
 
 def run(args) -> int:
     """Reconstruct --n images at each S; print and write the MSE table, JSON record and grid."""
-    from ddim.experiments.paper import reconstruction_markdown, reconstruction_study
-    from ddim.images import save_grid
+    from ddim.experiments.paper import reconstruction_study
+    from ddim.files import claim_output, folder_output
 
     eps_model, config, device, amp, betas, steps, skip, _ = load_ode_run(args)
-    images, indices = dataset_images(args, config)
-    with tqdm(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
-        rows, recs = reconstruction_study(
-            eps_model, images, betas, steps, skip=skip,
-            batch=args.batch or config.sampling.batch_size, device=device, progress=bar.update,
-        )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = reconstruction_markdown(rows, len(images))
-    print(table)
-    (out / "reconstruct.md").write_text(table, encoding="utf-8")
-    k = min(args.show, len(images))
-    save_grid(torch.cat([images[:k], *(r[:k] for r in recs)]), out / "reconstruct.png", nrow=k)
-    record = {
-        **model_record(args, config, device, amp),
-        "images": str(args.images), "subdir": args.subdir, "n": len(images),
-        "indices": [indices[0], indices[-1]], "skip": skip, "eta": 0.0, "clip_x0": False,
-        "mse": "mean over images and dimensions of ((x_rec+1)/2 - (x+1)/2)^2, float outputs "
-               "before uint8 rounding, x = uint8/127.5 - 1",
-        "grid": "row 0: originals; then one row per S, in the order of 'results'",
-        "results": rows,
-    }
-    (out / "reconstruct.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    print(f"wrote reconstruct.md, reconstruct.json, reconstruct.png to {out}", file=sys.stderr)
+    images, indices, dataset = dataset_images(args, config)
+    settings = {**model_settings(args, config, amp), "images": json.loads(dataset.fingerprint()),
+                "n": len(images), "steps": steps, "skip": skip, "show": args.show}
+    output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
+    with claim_output(output, settings, overwrite=args.overwrite):
+        with tqdm(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
+            rows, recs = reconstruction_study(
+                eps_model, images, betas, steps, skip=skip,
+                batch=args.batch or config.sampling.batch_size, device=device,
+                progress=bar.update,
+            )
+        record = {
+            **model_record(args, config, device, amp),
+            "images": str(args.images), "subdir": args.subdir, "n": len(images),
+            "indices": [indices[0], indices[-1]], "skip": skip, "eta": 0.0, "clip_x0": False,
+            "mse": "mean over images and dimensions of ((x_rec+1)/2 - (x+1)/2)^2, float outputs "
+                   "before uint8 rounding, x = uint8/127.5 - 1",
+            "grid": "row 0: originals; then one row per S, in the order of 'results'",
+            "results": rows,
+        }
+        _write_outputs(Path(args.out), images, recs, record, args.show)
     return 0
+
+
+def _write_outputs(out: Path, images, recs, record: dict, show: int) -> None:
+    """reconstruct.md (printed too), reconstruct.png and reconstruct.json, each atomically."""
+    from ddim.experiments.paper import reconstruction_markdown
+    from ddim.files import write_text
+    from ddim.images import save_grid
+
+    table = reconstruction_markdown(record["results"], len(images))
+    print(table)
+    write_text(out / "reconstruct.md", table)
+    k = min(show, len(images))
+    save_grid(torch.cat([images[:k], *(r[:k] for r in recs)]), out / "reconstruct.png", nrow=k)
+    write_text(out / "reconstruct.json", json.dumps(record, indent=2))
+    print(f"wrote reconstruct.md, reconstruct.json, reconstruct.png to {out}", file=sys.stderr)

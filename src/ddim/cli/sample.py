@@ -13,11 +13,17 @@ from tqdm import tqdm
 
 from ddim.cli._common import (
     add_model_arguments,
+    add_overwrite_argument,
     add_sampler_arguments,
+    check_count,
+    check_image_memory,
+    check_seeds,
     load_for_sampling,
+    model_record,
+    model_settings,
     sampler_spec,
+    spec_record,
 )
-from ddim.errors import DdimError
 
 HELP = "Sample images from a checkpoint: DDIM (eq. 12) or DDPM; PNG grid, PNG folder, .npz."
 EXAMPLE = (
@@ -26,6 +32,8 @@ EXAMPLE = (
 )
 
 
+# What `ddim sample` owns in its output folder (see ddim.files.outputs).
+OWNED = ("parts", "grid.png", "samples.npz", "png", "sample.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,82 +46,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", default="samples", help="output folder (default samples)")
     parser.add_argument("--png", action="store_true", help="also write one PNG per image")
     parser.add_argument("--no-npz", action="store_true", help="skip OUT/samples.npz")
-
-
-
-
-
-
+    add_overwrite_argument(parser)
 
 
 def run(args) -> int:
-    """Sample exactly --n images into --out, resumably, split across torchrun ranks."""
-    from ddim.diffusion.schedule import timesteps
-    from ddim.files import file_sha256
-    from ddim.generate import generate_to_shards, read_shards
-    from ddim.images import save_grid, save_npz, save_pngs
+    """Sample exactly --n images into --out, resumably, split across torchrun ranks.
 
-    if args.n < 1:
-        raise DdimError(f"--n must be >= 1, got {args.n}")
+    The folder's record holds everything that decides the images except --n and --batch: a rerun
+    with the same settings reuses its shards and makes only the missing images (a larger --n
+    grows the folder); other settings are refused unless --overwrite.
+    """
+    from ddim.files import claim_output, folder_output
+
+    check_count(args.n, "--n")
+    check_seeds(args.seed, args.n)
+    if args.batch is not None:
+        check_count(args.batch, "--batch")
     eps_model, config, device, amp, rank, world = load_for_sampling(args)
     spec = sampler_spec(args, config)
-    betas = config.diffusion.betas()
-    calls = spec.network_calls(len(betas))
-    batch = config.sampling.batch_size if args.batch is None else args.batch
-    if batch < 1:
-        raise DdimError(f"--batch must be >= 1, got {batch}")
-    out = Path(args.out)
-    seeds = list(range(args.seed, args.seed + args.n))
+    spec.network_calls(config.diffusion.num_diffusion_timesteps)  # validates S before any work
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    check_image_memory(args.n, shape, "--n")
+    settings = {**model_settings(args, config, amp), "sampler": spec_record(spec),
+                "seed": args.seed, "image_shape": list(shape)}
+    out = folder_output(args.out, OWNED)
+    with claim_output(out, settings, overwrite=args.overwrite, active=rank == 0):
+        if world > 1:
+            torch.distributed.barrier()  # rank 0 has checked the folder before anyone writes
+        made, seconds = _generate(args, eps_model, config, spec, device, rank, world)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank == 0:
+            _write_outputs(args, config, spec, device, amp, world, made, seconds)
+    return 0
+
+
+def _generate(args, eps_model, config, spec, device, rank: int, world: int) -> tuple[int, float]:
+    """This rank's missing shards; (images made, seconds)."""
+    from ddim.generate import generate_to_shards
+
+    betas = config.diffusion.betas()
+    batch = config.sampling.batch_size if args.batch is None else args.batch
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    calls = spec.network_calls(len(betas))
     bar = tqdm(total=args.n, unit="img", disable=rank != 0, desc=f"sampling S={calls}")
     start = time.perf_counter()
     made = generate_to_shards(
-        eps_model,
-        betas,
-        spec,
-        seeds,
-        shape,
-        out,
-        batch=batch,
-        device=device,
-        rank=rank,
-        world_size=world,
+        eps_model, betas, spec, range(args.seed, args.seed + args.n), shape, args.out,
+        batch=batch, device=device, rank=rank, world_size=world,
         progress=lambda k: bar.update(k * world),
-    )
+    )  # fmt: skip
     bar.close()
-    seconds = time.perf_counter() - start
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        return 0
+    return made, time.perf_counter() - start
+
+
+def _write_outputs(args, config, spec, device, amp, world, made: int, seconds: float) -> None:
+    """grid.png, samples.npz, png/ and sample.json from the shards (rank 0)."""
+    from ddim.diffusion.schedule import timesteps
+    from ddim.files import write_text
+    from ddim.generate import read_shards
+    from ddim.images import save_grid, save_npz, save_pngs
+
+    out = Path(args.out)
     images = read_shards(out, args.n)
     save_grid(images[:64], out / "grid.png")
     if not args.no_npz:
         save_npz(images, out / "samples.npz")
     if args.png:
         save_pngs(images, out / "png")
+    T = config.diffusion.num_diffusion_timesteps
     record = {
-        "checkpoint": str(args.ckpt),
-        "checkpoint_sha256": file_sha256(args.ckpt),
-        "weights": "raw" if args.raw else "ema",
+        **model_record(args, config, device, amp),
         "n": args.n,
-        "seeds": [seeds[0], seeds[-1]],
-        "sampler": spec.__dict__,
-        "network_calls_per_image": calls,
-        "timesteps": timesteps(len(betas), spec.steps, spec.skip),
-        "batch": batch,
-        "device": str(device),
+        "seeds": [args.seed, args.seed + args.n - 1],
+        "sampler": spec_record(spec),
+        "network_calls_per_image": spec.network_calls(T),
+        "timesteps": timesteps(T, spec.steps, spec.skip),
+        "batch": config.sampling.batch_size if args.batch is None else args.batch,
         "ranks": world,
-        "bf16": amp,
         "images_made_this_run": made * world,
         "seconds": seconds,
         "images_per_s": made * world / seconds if made else None,
         "config": config.to_dict(),
     }
-    (out / "sample.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_text(out / "sample.json", json.dumps(record, indent=2))
     print(
         f"wrote {args.n} images to {out} (grid.png"
         f"{'' if args.no_npz else ', samples.npz'}{', png/' if args.png else ''})",
         file=sys.stderr,
     )
-    return 0

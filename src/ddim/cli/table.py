@@ -9,7 +9,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ddim.cli._common import add_model_arguments, add_skip_argument, load_for_sampling, model_record
+from ddim.cli._common import (
+    add_model_arguments,
+    add_overwrite_argument,
+    add_skip_argument,
+    check_count,
+    check_seeds,
+    load_for_sampling,
+    model_record,
+)
 from ddim.diffusion.samplers import check_eta
 from ddim.errors import DdimError
 
@@ -37,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
     parser.add_argument("-o", "--out", default="table1",
                         help="folder: table.json (resumable), table.md, fid_vs_steps.png")
+    add_overwrite_argument(parser)
 
 
 def default_skip(config) -> str:
@@ -62,24 +71,31 @@ def table_settings(args, config, device, amp, ref_stats, skip: str) -> dict:
 
 def _check(args) -> None:
     """Reject bad values before loading anything."""
+    from ddim.fid import FEATURE_DIM
+    from ddim.files import check_fits_in_memory
+
     if args.n < 2:
         raise DdimError(f"--n must be >= 2 for a covariance, got {args.n}")
+    check_seeds(args.seed, args.n)
+    check_fits_in_memory(args.n * FEATURE_DIM * 8, f"--n {args.n} (Inception features)")
     for eta in args.etas:
         check_eta(eta, "--etas")
-    if args.batch is not None and args.batch < 1:
-        raise DdimError(f"--batch must be >= 1, got {args.batch}")
+    if args.batch is not None:
+        check_count(args.batch, "--batch")
 
 
 def run(args) -> int:
     """Score each missing cell, saving table.json, table.md and the plot after every one."""
     from ddim.diffusion.schedule import timesteps
     from ddim.experiments.paper import resume_record, run_table, table_markdown, table_specs
-    from ddim.fid import compute_fid, load_stats
+    from ddim.fid import check_resolution, compute_fid, load_stats
+    from ddim.files import claim_output, folder_output
     from ddim.generate import iterate_images
 
     _check(args)
     ref_stats = load_stats(args.ref)
     eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     betas, T = config.diffusion.betas(), config.diffusion.num_diffusion_timesteps
     skip = args.skip or default_skip(config)
     for S in args.steps:
@@ -94,13 +110,14 @@ def run(args) -> int:
         return compute_fid(images, ref_stats, device=device, batch_size=batch, total=args.n)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = resume_record(out / "table.json", table_settings(args, config, device, amp,
-                                                              ref_stats, skip))
-    with tqdm(total=len(specs), unit="cell", desc="table") as bar:
-        record = run_table(specs, score, record, lambda r: write_outputs(r, out), T=T,
-                           progress=lambda key: (bar.set_postfix_str(key), bar.update(1)))
-    write_outputs(record, out)
+    settings = table_settings(args, config, device, amp, ref_stats, skip)
+    output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"))
+    with claim_output(output, settings, overwrite=args.overwrite):
+        record = resume_record(out / "table.json", settings)
+        with tqdm(total=len(specs), unit="cell", desc="table") as bar:
+            record = run_table(specs, score, record, lambda r: write_outputs(r, out), T=T,
+                               progress=lambda key: (bar.set_postfix_str(key), bar.update(1)))
+        write_outputs(record, out)
     print(table_markdown(record))
     print(f"wrote table.json, table.md, fid_vs_steps.png to {out}", file=sys.stderr)
     return 0

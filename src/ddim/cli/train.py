@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ddim.cli._common import data_overrides
+from ddim.cli._common import add_overwrite_argument, check_count, data_overrides
 from ddim.config import apply_overrides, dump_config, load_config
 from ddim.errors import DdimError
 
@@ -45,18 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ddim"))
     parser.add_argument("--dry-run", action="store_true", help="print the config and stop")
+    add_overwrite_argument(parser)
+
+
+# What a resumed run keeps from its checkpoint: the network, the schedule, the image size.
+FIXED_ON_RESUME = ("model", "diffusion", "data.image_size", "data.channels")
 
 
 def resolve_config(args):
     """The config from --config (or the resumed checkpoint), --data/--subdir and --set."""
-    if args.resume:
-        from ddim.checkpoint import load_checkpoint
-        from ddim.training import latest_checkpoint
+    overrides = [*args.set, *data_overrides(args.data, args.subdir)]
+    if not args.resume:
+        return apply_overrides(load_config(args.config), overrides)
+    from ddim.checkpoint import load_checkpoint
+    from ddim.training import latest_checkpoint
 
-        config = load_checkpoint(latest_checkpoint(args.resume)).config
-    else:
-        config = load_config(args.config)
-    return apply_overrides(config, [*args.set, *data_overrides(args.data, args.subdir)])
+    saved = load_checkpoint(latest_checkpoint(args.resume)).config
+    config = apply_overrides(saved, overrides)
+    old, new = saved.to_dict(), config.to_dict()
+    for section, values in new.items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if value != old[section][key] and name.startswith(FIXED_ON_RESUME):
+                raise DdimError(
+                    f"--set {name}={value} would change the resumed run's {name} "
+                    f"({old[section][key]}): its weights and schedule are fixed by its "
+                    "checkpoint; start a new run to change it"
+                )
+    return config
 
 
 
@@ -68,15 +84,18 @@ def run(args) -> int:
         print(dump_config(config), end="")
     if args.dry_run:
         return 0
+    from ddim.device import parse_device
     from ddim.training import train
 
+    check_count(args.workers, "--workers", least=0)
+    device = parse_device(args.device)
     run_dir = _run_dir(args, config, rank)
     if rank == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     last = train(
         config,
         run_dir,
-        device=args.device,
+        device=device,
         resume=args.resume,
         max_steps=args.max_steps,
         amp=False if args.no_amp else None,
@@ -87,6 +106,7 @@ def run(args) -> int:
         log_every=args.log_every,
         cache_dir=args.cache_dir,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     if rank == 0:
         print(f"last checkpoint: {last}")
