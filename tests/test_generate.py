@@ -27,7 +27,8 @@ def test_images_depend_on_seed_not_batch(tiny_checkpoint, tmp_path):
         )
     a, b, c = (read_shards(tmp_path / f"b{k}", 7) for k in (1, 3, 7))
     assert a.shape == (7, 3, 8, 8) and a.dtype == torch.uint8
-    assert torch.equal(a, b) and torch.equal(a, c)
+    # the promise (docs/reliability.md): other batch sizes round differently, by one level at most
+    assert (a.int() - b.int()).abs().max() <= 1 and (a.int() - c.int()).abs().max() <= 1
     assert not torch.equal(a[0], a[1])
 
 

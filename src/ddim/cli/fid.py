@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    """Dispatch to `ref` or `calc`."""
+    """Check the numbers, then dispatch to `ref` or `calc`."""
+    check_count(args.batch, "--batch")
+    check_count(args.workers, "--workers", least=0)
+    if args.n is not None:
+        check_count(args.n, "--n", least=2)
     return args._fid_run(args)
 
 
@@ -96,8 +100,6 @@ def _open(path: str, args: argparse.Namespace):
 
     from ddim.data import open_dataset
 
-    check_count(args.batch, "--batch")
-    check_count(args.workers, "--workers", least=0)
     dataset = open_dataset(path, subdir=args.subdir, resolution=args.resolution)
     n = len(dataset) if args.n is None else args.n
     if n < 2:

@@ -62,19 +62,19 @@ def table(args) -> str:
     rows.append(("σ̂ (DDPM, large variance)", lambda seq: ddpm_plan(betas, seq, "large")))
     header = "| sampler | " + " | ".join(f"S = {S}" for S in args.steps) + " |"
     lines = [header, "|" + " --- |" * (len(args.steps) + 1)]
-    bar = tqdm(total=len(rows) * len(args.steps), unit="cell", desc="oracle table")
-    for name, make_plan in rows:
-        cells = []
-        for S in args.steps:
-            bar.update(1)
-            plan = make_plan(seqs[S])
-            exact = frechet_distance_diagonal(exact_output_moments(plan, mean, std, start), data)
-            cell = f"{exact:.4f}"
-            if args.n:
-                cell += f" ({measured(plan, oracle, args.n, args.dim, args.seed + 1):.4f})"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    bar.close()
+    with tqdm(total=len(rows) * len(args.steps), unit="cell", desc="oracle table") as bar:
+        for name, make_plan in rows:
+            cells = []
+            for S in args.steps:
+                bar.update(1)
+                plan = make_plan(seqs[S])
+                moments = exact_output_moments(plan, mean, std, start)
+                exact = frechet_distance_diagonal(moments, data)
+                cell = f"{exact:.4f}"
+                if args.n:
+                    cell += f" ({measured(plan, oracle, args.n, args.dim, args.seed + 1):.4f})"
+                cells.append(cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,14 +89,13 @@ def _generate(args, eps_model, config, spec, device, rank: int, world: int) -> t
     batch = config.sampling.batch_size if args.batch is None else args.batch
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     calls = spec.network_calls(len(betas))
-    bar = tqdm(total=args.n, unit="img", disable=rank != 0, desc=f"sampling S={calls}")
     start = time.perf_counter()
-    made = generate_to_shards(
-        eps_model, betas, spec, range(args.seed, args.seed + args.n), shape, args.out,
-        batch=batch, device=device, rank=rank, world_size=world,
-        progress=lambda k: bar.update(k * world),
-    )  # fmt: skip
-    bar.close()
+    with tqdm(total=args.n, unit="img", disable=rank != 0, desc=f"sampling S={calls}") as bar:
+        made = generate_to_shards(
+            eps_model, betas, spec, range(args.seed, args.seed + args.n), shape, args.out,
+            batch=batch, device=device, rank=rank, world_size=world,
+            progress=lambda k: bar.update(k * world),
+        )  # fmt: skip
     return made, time.perf_counter() - start
 
 
