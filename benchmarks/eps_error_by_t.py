@@ -16,8 +16,7 @@ import torch
 
 from ddim.checkpoint import load_checkpoint, model_from_checkpoint
 from ddim.data import open_dataset, to_model_range
-from ddim.generate import betas_of
-from ddim.schedule import alpha_bars
+from ddim.diffusion.schedule import alpha_bars
 
 
 def eps_mse(net, x_0: torch.Tensor, alpha_bar: torch.Tensor, t: int, seed: int) -> tuple:
@@ -34,7 +33,7 @@ def report(path: str, x_0: torch.Tensor, args) -> None:
     """Print one checkpoint's per-t table and its grid average."""
     checkpoint = load_checkpoint(path)
     net = model_from_checkpoint(checkpoint, use_ema=not args.raw)
-    alpha_bar = alpha_bars(betas_of(checkpoint.config))
+    alpha_bar = alpha_bars(checkpoint.config.diffusion.betas())
     T = len(alpha_bar)
     state = checkpoint.load_train_state() or {}
     cpu = state.get("cpu_seconds")

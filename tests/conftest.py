@@ -58,13 +58,17 @@ SMALL_DEMO = DemoSettings(
     batch_size=8,
     train_images=64,
     eval_images=16,
-    sampler_steps=(2, 4),
+    long_eval_images=8,
+    sampler_steps=(2, 4, 1000),
     sample_batch=16,
     grid_images=16,
+    consistency_steps=(2, 4, 1000),
+    consistency_seeds=4,
     detail_steps=3,
     interpolation=4,
     strips=1,
-    reconstructions=3,
+    reconstruction_steps=(2, 5),
+    reconstructions=4,
 )
 
 

@@ -294,3 +294,10 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tiny_checkpoint, tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "steps must be between 1 and T = 1000, got 0" in result.stderr
+
+
+def test_paper_table2_transcription_falls_with_s():
+    """Table 2: the reconstruction error falls with S, to 1e-4 (its rounding) at S = 500, 1000."""
+    errors = [ex.PAPER_TABLE2_CIFAR10[S] for S in sorted(ex.PAPER_TABLE2_CIFAR10)]
+    assert sorted(ex.PAPER_TABLE2_CIFAR10) == [10, 20, 50, 100, 200, 500, 1000]
+    assert all(a >= b for a, b in zip(errors, errors[1:])) and errors[-1] == 1e-4

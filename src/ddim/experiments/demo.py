@@ -1,13 +1,18 @@
-"""`ddim demo`: the whole flow on the CPU in minutes, ending in a one-page report.
+"""`ddim demo`: the whole flow on the CPU in minutes, ending in a report of the paper's claims.
 
-shapes (uint8, `ddim.data.shapes`, no download) → `train` (the tiny config) → checkpoint → DDIM
-(η = 0) and DDPM (σ̂, the large variance) at several S → sample grids, a pixel-FD and time table
-and plot, an interpolation strip (slerp of x_T, DDIM App. D.5) and a reconstruction row
-(encode → decode, DDIM Sec. 5.4) → `report.html` and `report.md` in the output folder.
+shapes (uint8, `ddim.data.shapes`, no download) → `train` (the tiny config, 8 GroupNorm groups)
+→ checkpoint → on its own model, what the DDIM paper shows:
 
-"Pixel FD" is the Fréchet distance of Gaussians fitted to 8×8-downsampled pixels in [0, 1] of the
-generated images and of held-out shapes: a cheap stand-in for FID (no Inception network), on its
-own scale, comparable only within one report.
+- quality and time against S for DDIM (η = 0), η = 1 and DDPM with σ̂, S from 5 to 1000
+  (Table 1's shape), scored by pixel FD, precision/recall and the share of saturated images
+  (`ddim.experiments.pixel_metrics`), beside the paper's CIFAR-10 FIDs;
+- consistency: the same x_T decoded at S = 10 … 1000 gives the same image (Fig. 5);
+- interpolation between latents by slerp (Fig. 6, App. D.5);
+- reconstruction error of encode → decode against S (Table 2's shape), beside the paper's row;
+- the network calls and seconds behind every grid.
+
+Everything lands in the output folder: report.html and report.md (the same content), results.json,
+the PNGs, and run/ (the training run).
 """
 
 from __future__ import annotations
@@ -18,63 +23,78 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from ddim.checkpoint import load_model
 from ddim.config import Config, apply_overrides, load_config
-from ddim.data import to_model_range, to_uint8
+from ddim.data import to_uint8
 from ddim.data.shapes import shapes
-from ddim.diffusion.samplers import generators_from_seeds, randn, reconstruct, sample, slerp_path
+from ddim.device import native_bf16
+from ddim.diffusion.samplers import generators_from_seeds, randn, sample, slerp_path
+from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
-from ddim.experiments.report import Panel, save_plot, write_report
-from ddim.fid import frechet_distance, statistics
+from ddim.experiments import pixel_metrics as pm
+from ddim.experiments.demo_report import SAMPLERS, Sampler, report_blocks
+from ddim.experiments.paper import reconstruction_study
+from ddim.experiments.report import write_report
+from ddim.fid import statistics
 from ddim.files import write_text
-from ddim.generate import SamplerSpec, sample_batch
+from ddim.generate import SamplerSpec, iterate_images
 from ddim.images import grid
-from ddim.network.precision import eps_model_for
+from ddim.network.precision import eps_model_for, sampling_precision
 from ddim.training import train
 
 HELD_OUT = 1_000_003  # held-out shapes: seed + HELD_OUT, a stream apart from training
 SCALE = 4  # PNGs are written at 4× (nearest neighbour) so 16×16 images are visible
+SIZE = 16
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of a demo run; the defaults take a few minutes on two CPU cores."""
+    """Sizes of a demo run; the defaults take about ten minutes on two CPU cores."""
 
-    steps: int = 1200  # training steps
-    batch_size: int = 32
+    steps: int = 3000  # training steps
+    batch_size: int = 64
     lr: float = 1e-3
-    warmup: int = 50
-    ema_halflife_kimg: float = 2.0
-    train_images: int = 8192
-    eval_images: int = 256  # per sampler and S, for pixel FD and timing
-    sampler_steps: tuple[int, ...] = (5, 10, 20, 50)
-    sample_batch: int = 128
+    warmup: int = 100
+    ema_halflife_kimg: float = 20.0
+    ema_rampup_ratio: float = 0.1
+    train_images: int = 16384
+    eval_images: int = 256  # per sampler and S < 1000, for the metrics and timing
+    long_eval_images: int = 32  # per sampler at S = 1000
+    sampler_steps: tuple[int, ...] = (5, 10, 20, 50, 100, 1000)
+    sample_batch: int = 256
     grid_images: int = 64
-    detail_steps: int = 50  # S of the interpolation and reconstruction
+    consistency_steps: tuple[int, ...] = (10, 20, 50, 100, 1000)
+    consistency_seeds: int = 8
+    detail_steps: int = 50  # S of the interpolation strips
     interpolation: int = 10  # images per interpolation strip
     strips: int = 3
-    reconstructions: int = 10
+    reconstruction_steps: tuple[int, ...] = (10, 20, 50, 100, 1000)
+    reconstructions: int = 16
 
 
 @dataclass
-class SamplerResult:
-    """One row of the quality/time table."""
+class Cell:
+    """One (sampler, S) cell of the quality table."""
 
     sampler: str
     steps: int
-    pixel_fd: float
+    images: int
+    network_calls: int
     seconds_per_image: float
+    pixel_fd: float
+    precision: float
+    recall: float
+    saturated: float
     grid: str
+    pixel_fd_at_long_n: float | None = None  # the same sampler at S = 100 on the S = 1000 seeds
 
 
 def demo_config(settings: DemoSettings, seed: int) -> Config:
-    """The tiny config (16×16, ch 32) with the demo's batch, learning rate, EMA and seed."""
+    """The tiny config (16×16, ch 32, 8 groups) with the demo's recipe and seed."""
     return apply_overrides(
         load_config("tiny"),
         [
@@ -83,24 +103,14 @@ def demo_config(settings: DemoSettings, seed: int) -> Config:
             f"training.lr={settings.lr}",
             f"training.warmup={min(settings.warmup, settings.steps)}",
             f"training.ema_halflife_kimg={settings.ema_halflife_kimg}",
+            f"training.ema_rampup_ratio={settings.ema_rampup_ratio}",
             f"training.seed={seed}",
             "model.dropout=0.0",
             "data.dataset=shapes",
+            f"data.image_size={SIZE}",
             f"sampling.steps={settings.detail_steps}",
         ],
     )
-
-
-def pixel_features(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, 3, H, W) → (N, 3·(H/2)·(W/2)) float64: 2×2 average-pooled pixels in [0, 1]."""
-    x = F.avg_pool2d(images.float() / 255, 2)
-    return x.flatten(1).double().cpu().numpy()
-
-
-def pixel_fd(images: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]) -> float:
-    """Fréchet distance between Gaussians fitted to the pixel features of two image sets."""
-    mu, sigma = statistics(pixel_features(images))
-    return frechet_distance(mu, sigma, *reference)
 
 
 def run_demo(
@@ -113,7 +123,7 @@ def run_demo(
     settings: DemoSettings | None = None,
     command: str | None = None,
 ) -> Path:
-    """Train on shapes, sample at several S, write out_dir/report.html (+ .md); return its path."""
+    """Train on shapes, evaluate the paper's claims, write out_dir/report.html (+ .md, .json)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or DemoSettings()
@@ -121,234 +131,163 @@ def run_demo(
         settings = DemoSettings(**{**asdict(settings), "steps": steps})
     device = torch.device(device)
     command = command or f"ddim demo -o {out} --steps {settings.steps} --seed {seed}"
-    config = demo_config(settings, seed)
-    shutil.rmtree(out / "run", ignore_errors=True)  # a previous demo's run: start afresh
-
-    data = shapes(settings.train_images, seed=seed)
-    held_out = shapes(settings.eval_images, seed=seed + HELD_OUT)
+    data = shapes(settings.train_images, seed=seed, size=SIZE)
+    held_out = shapes(max(settings.eval_images, settings.reconstructions), seed=seed + HELD_OUT,
+                      size=SIZE)  # fmt: skip
     _save(data[: settings.grid_images], out / "data.png")
+    ckpt, training = _train(out, settings, seed, data, device, progress)
+    net, config = load_model(ckpt, device=device)
+    eps_model = eps_model_for(net, sampling_precision(device))
+    betas = config.diffusion.betas()
+    evaluation = _Evaluation(eps_model, betas, settings, device, held_out, out, progress)
+    results = {
+        "training": training,
+        "data": evaluation.data_scores(data[: settings.eval_images]),
+        "cells": [asdict(c) for c in evaluation.quality_table()],
+        "consistency": evaluation.consistency(),
+        "interpolation": evaluation.interpolation(),
+        "reconstruction": evaluation.reconstruction(),
+        "settings": asdict(settings),
+        "command": command,
+    }
+    write_text(out / "results.json", json.dumps(results, indent=2))
+    return write_report(out, report_blocks(results, out), "ddim demo")
+
+
+def _train(out: Path, settings: DemoSettings, seed: int, data, device, progress):
+    """Train afresh into out/run; return the checkpoint and a summary of the run."""
+    shutil.rmtree(out / "run", ignore_errors=True)  # a previous demo's run: start afresh
     start = time.perf_counter()
     ckpt = train(
-        config,
-        out / "run",
-        images=data,
-        device=device,
-        checkpoint_every=settings.steps,
-        sample_every=0,
+        demo_config(settings, seed), out / "run", images=data, device=device,
+        checkpoint_every=settings.steps, sample_every=0, progress=progress, keep=1,
         log_every=max(1, settings.steps // 50),
-        progress=progress,
-        keep=1,
-    )
-    training = _training_summary(out / "run", time.perf_counter() - start, settings)
-    if training["steps"] < settings.steps:  # SIGINT/SIGTERM: train saved a checkpoint and stopped
-        raise DdimError(f"training stopped at step {training['steps']} of {settings.steps}")
-
-    net, config = load_model(ckpt, device=device)
-    eps_model = eps_model_for(net)
-    reference = statistics(pixel_features(held_out))
-    floor = pixel_fd(data[: settings.eval_images], reference)
-    betas = config.diffusion.betas()
-    results = _evaluate(eps_model, betas, reference, out, settings, device, progress)
-    _plot(results, out / "quality_time.png")
-    _interpolation_strips(eps_model, betas, out, settings, device)
-    recon_rmse = _reconstruction_row(eps_model, betas, held_out, out, settings, device)
-    blocks = _report_blocks(command, settings, training, results, floor, recon_rmse)
-    summary = {
-        "training": training,
-        "pixel_fd_data": floor,
-        "reconstruction_rmse": recon_rmse,
-        "samplers": [asdict(r) for r in results],
-        "settings": asdict(settings),
-    }
-    return _write_report(out, blocks, summary)
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text(
+        encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
+    done = records[-1]["step"] if records else 0
+    if done < settings.steps:  # SIGINT/SIGTERM: train saved a checkpoint and stopped
+        raise DdimError(f"training stopped at step {done} of {settings.steps}")
+    return ckpt, {
+        "steps": done, "batch_size": settings.batch_size, "seconds": seconds,
+        "images_per_s": done * settings.batch_size / seconds,
+        "final_loss": records[-1]["loss"] if records else float("nan"),
+        "bf16": native_bf16(torch.device(device)),  # what train() chose by default
+    }  # fmt: skip
 
 
-def _write_report(out: Path, blocks: list[tuple], summary: dict) -> Path:
-    """report.md, report.html (the same blocks) and results.json; returns the HTML's path."""
-    write_text(out / "results.json", json.dumps(summary, indent=2))
-    return write_report(out, blocks, "ddim demo")
+class _Evaluation:
+    """The demo's measurements of one trained model; each method writes its PNGs."""
 
+    def __init__(self, eps_model, betas, settings: DemoSettings, device, held_out, out, progress):
+        self.eps_model, self.betas, self.settings = eps_model, betas, settings
+        self.device, self.held_out, self.out, self.progress = device, held_out, out, progress
+        reference = held_out[: settings.eval_images]
+        self.reference = reference
+        self.stats = statistics(pm.pixel_features(reference))
+        self.stats_long = statistics(pm.pixel_features(reference[: settings.long_eval_images]))
+        self.images: dict[tuple[str, int], torch.Tensor] = {}
 
-# --- stages ------------------------------------------------------------------------------------
+    def _sample(self, spec: SamplerSpec, seeds: list[int]) -> tuple[torch.Tensor, float]:
+        """uint8 images for `seeds` and the seconds they took."""
+        start = time.perf_counter()
+        batches = iterate_images(self.eps_model, self.betas, spec, seeds, (3, SIZE, SIZE),
+                                 batch=self.settings.sample_batch, device=self.device)
+        images = torch.cat([b.cpu() for b in batches])
+        return images, time.perf_counter() - start
+
+    def data_scores(self, data: torch.Tensor) -> dict:
+        """The scores of training images themselves: the floor of every metric at this N."""
+        precision, recall = pm.precision_recall(data, self.reference)
+        extremes = pm.extreme_share(self.reference)
+        return {"pixel_fd": pm.pixel_fd(data, self.stats), "precision": precision,
+                "recall": recall, "saturated": pm.saturated_fraction(data),
+                "max_extreme_share": float(extremes.max())}  # fmt: skip
+
+    def quality_table(self) -> list[Cell]:
+        """Every (sampler, S) cell: metrics, time, calls, grid (Table 1's shape)."""
+        s = self.settings
+        cells = []
+        with tqdm(total=len(SAMPLERS) * len(s.sampler_steps), unit="cell", desc="samplers",
+                  disable=not self.progress) as bar:  # fmt: skip
+            for sampler in SAMPLERS:
+                for S in s.sampler_steps:
+                    cells.append(self._cell(sampler, S))
+                    bar.set_postfix_str(f"{sampler.tag} S={S}")
+                    bar.update(1)
+        return cells
+
+    def _cell(self, sampler: Sampler, S: int) -> Cell:
+        """Sample, time and score one cell; S = 1000 uses fewer images (it is 10× slower)."""
+        s = self.settings
+        long = S >= 1000
+        n = s.long_eval_images if long else s.eval_images
+        spec = SamplerSpec(**{**asdict(sampler.spec), "steps": S})
+        images, seconds = self._sample(spec, list(range(n)))
+        self.images[(sampler.tag, S)] = images
+        name = f"samples-{sampler.tag}-S{S:04d}.png"
+        _save(images[: s.grid_images], self.out / name)
+        reference = self.reference[:n]
+        precision, recall = pm.precision_recall(images, reference)
+        cell = Cell(sampler.label, S, n, len(timesteps(len(self.betas), S, spec.skip)),
+                    seconds / n, pm.pixel_fd(images, self.stats_long if long else self.stats),
+                    precision, recall, pm.saturated_fraction(images), name)  # fmt: skip
+        shorter = self.images.get((sampler.tag, 100))
+        if long and shorter is not None:  # the same seeds at S = 100, scored at the same N
+            cell.pixel_fd_at_long_n = pm.pixel_fd(shorter[:n], self.stats_long)
+        return cell
+
+    def consistency(self) -> dict:
+        """The same x_T decoded by DDIM (η = 0) at each S: a grid and the distance to S = 1000."""
+        s = self.settings
+        n = min(s.consistency_seeds, s.long_eval_images)
+        rows, seconds = [], {}
+        for S in s.consistency_steps:
+            images = self.images.get(("ddim", S))
+            if images is None:
+                images, spent = self._sample(SamplerSpec(steps=S), list(range(n)))
+                seconds[S] = spent
+            rows.append(images[:n])
+        _save(torch.cat(rows), self.out / "consistency.png", nrow=n)
+        final = rows[-1].float()
+        distance = [float((r.float() - final).abs().mean()) for r in rows]
+        return {"seeds": n, "steps": list(s.consistency_steps), "grid": "consistency.png",
+                "mean_abs_difference_to_last": distance}  # fmt: skip
+
+    def interpolation(self) -> dict:
+        """Rows of DDIM (η = 0) decodes along slerp(x_T(seed 2i), x_T(seed 2i+1), α)."""
+        s = self.settings
+        generators = generators_from_seeds(range(2 * s.strips), self.device)
+        x_T = randn((2 * s.strips, 3, SIZE, SIZE), generators, device=self.device)
+        start, rows = time.perf_counter(), []
+        for i in range(s.strips):
+            z = slerp_path(x_T[2 * i], x_T[2 * i + 1], s.interpolation)
+            x_0 = sample(self.eps_model, z, self.betas, steps=s.detail_steps, eta=0.0)
+            rows.append(to_uint8(x_0).cpu())
+        _save(torch.cat(rows), self.out / "interpolation.png", nrow=s.interpolation)
+        calls = len(timesteps(len(self.betas), s.detail_steps, "uniform"))
+        return {"grid": "interpolation.png", "images": s.strips * s.interpolation,
+                "network_calls": calls * s.strips * s.interpolation,
+                "seconds": time.perf_counter() - start}  # fmt: skip
+
+    def reconstruction(self) -> dict:
+        """Encode → decode held-out shapes at each S (Table 2's shape); MSE on [0, 1]."""
+        s = self.settings
+        originals = self.held_out[: s.reconstructions]
+        rows, recs = reconstruction_study(
+            self.eps_model, originals, self.betas, s.reconstruction_steps, skip="uniform",
+            batch=s.sample_batch, device=self.device,
+        )
+        shown = min(10, len(originals))
+        _save(torch.cat([originals[:shown], *(r[:shown] for r in recs)]),
+              self.out / "reconstruction.png", nrow=shown)  # fmt: skip
+        return {"images": len(originals), "rows": rows, "grid": "reconstruction.png"}
 
 
 def _save(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
     """A uint8 image grid as a PNG enlarged SCALE× with nearest-neighbour pixels."""
     picture = Image.fromarray(grid(images.cpu(), nrow))
-    picture.resize((picture.width * SCALE, picture.height * SCALE), Image.NEAREST).save(path)
+    picture = picture.resize((picture.width * SCALE, picture.height * SCALE), Image.NEAREST)
+    picture.save(path)
     return path
-
-
-def _training_summary(run_dir: Path, seconds: float, settings: DemoSettings) -> dict:
-    """Steps, wall time, mean images/s and final loss from the run's metrics.jsonl."""
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    return {
-        "steps": records[-1]["step"] if records else 0,
-        "batch_size": settings.batch_size,
-        "seconds": seconds,
-        "images_per_s": (records[-1]["step"] if records else 0) * settings.batch_size / seconds,
-        "final_loss": records[-1]["loss"] if records else float("nan"),
-    }
-
-
-def _specs(settings: DemoSettings) -> list[tuple[str, SamplerSpec]]:
-    """(label, spec): DDIM η = 0 and DDPM with σ̂ (large variance) at each S."""
-    specs = []
-    for s in settings.sampler_steps:
-        specs.append(("DDIM η=0", SamplerSpec(steps=s, eta=0.0, kind="ddim")))
-        specs.append(("DDPM σ̂", SamplerSpec(steps=s, kind="ddpm", variance="large")))
-    return specs
-
-
-@torch.no_grad()
-def _evaluate(eps_model, betas, reference, out, settings, device, progress) -> list[SamplerResult]:
-    """Sample `eval_images` per (sampler, S) from seeds 0.. ; time them, score them, save grids."""
-    shape = (3, 16, 16)
-    seeds = list(range(settings.eval_images))
-    specs = _specs(settings)
-    bar = tqdm(total=len(specs) * len(seeds), unit="img", disable=not progress, desc="sampling")
-    results = []
-    for label, spec in specs:
-        start, chunks = time.perf_counter(), []
-        for first in range(0, len(seeds), settings.sample_batch):
-            batch_seeds = seeds[first : first + settings.sample_batch]
-            x = sample_batch(eps_model, betas, spec, batch_seeds, shape, device)
-            chunks.append(to_uint8(x).cpu())
-            bar.update(len(batch_seeds))
-        seconds = time.perf_counter() - start
-        images = torch.cat(chunks)
-        name = f"samples-{spec.kind}-S{spec.steps:03d}.png"
-        _save(images[: settings.grid_images], out / name)
-        fd = pixel_fd(images, reference)
-        results.append(SamplerResult(label, spec.steps, fd, seconds / len(seeds), name))
-        bar.set_postfix(sampler=f"{spec.kind} S={spec.steps}", pixel_fd=f"{fd:.2f}")
-    bar.close()
-    return results
-
-
-@torch.no_grad()
-def _interpolation_strips(eps_model, betas, out, settings, device) -> None:
-    """Rows of DDIM (η = 0) decodes of slerp(x_T(seed 2i), x_T(seed 2i+1), α), α from 0 to 1."""
-    n, rows = settings.interpolation, []
-    generators = generators_from_seeds(range(2 * settings.strips), device)
-    x_T = randn((2 * settings.strips, 3, 16, 16), generators, device=device)
-    for i in range(settings.strips):
-        z = slerp_path(x_T[2 * i], x_T[2 * i + 1], n)
-        rows.append(to_uint8(sample(eps_model, z, betas, steps=settings.detail_steps, eta=0.0)))
-    _save(torch.cat(rows), out / "interpolation.png", nrow=n)
-
-
-@torch.no_grad()
-def _reconstruction_row(eps_model, betas, held_out, out, settings, device) -> float:
-    """Held-out originals (top) and their DDIM encode → decode at S (bottom); returns RMSE."""
-    originals = held_out[: settings.reconstructions].to(device)
-    x = reconstruct(eps_model, to_model_range(originals), betas, steps=settings.detail_steps)
-    rebuilt = to_uint8(x)
-    _save(torch.cat([originals, rebuilt]), out / "reconstruction.png", nrow=len(originals))
-    diff = to_model_range(rebuilt) - to_model_range(originals)
-    return float(diff.pow(2).mean().sqrt())
-
-
-# --- the plot --------------------------------------------------------------------------------
-
-COLOURS = {"DDIM η=0": (31, 119, 180), "DDPM σ̂": (214, 39, 40)}
-LEGEND = {"DDIM η=0": "DDIM, eta = 0", "DDPM σ̂": "DDPM, large variance"}  # ASCII: any font
-
-
-def _plot(results: list[SamplerResult], path: Path) -> Path:
-    """Two panels side by side: pixel FD against S and seconds per image against S (log S)."""
-    panels = []
-    for field, title in (("pixel_fd", "pixel FD (lower is better)"),
-                         ("seconds_per_image", "seconds per image")):
-        series = {LEGEND[label]: [(r.steps, getattr(r, field)) for r in results
-                                  if r.sampler == label] for label in COLOURS}
-        colors = {LEGEND[label]: colour for label, colour in COLOURS.items()}
-        panels.append(Panel(series, title=title, xlabel="S (network calls)", colors=colors))
-    return save_plot(panels, path)
-
-
-# --- the report: one list of blocks, rendered as Markdown and as HTML -------------------------
-
-
-def _report_blocks(command, settings, training, results, floor, recon_rmse) -> list[tuple]:
-    """The report's content as ("h1"|"h2"|"p"|"img"|"table", …) blocks."""
-    t = training
-    table = [
-        [
-            r.sampler,
-            str(r.steps),
-            f"{r.pixel_fd:.3f}",
-            f"{r.seconds_per_image * 1000:.1f}",
-            f"[grid]({r.grid})",
-        ]
-        for r in results
-    ]
-    s_list = ", ".join(map(str, settings.sampler_steps))
-    return [
-        ("h1", "ddim demo"),
-        ("p", f"Command: `{command}`"),
-        ("h2", "Data"),
-        (
-            "p",
-            f"{settings.train_images} procedurally generated 16×16 shapes (`ddim.data.shapes`; "
-            "our own generator, so no download and no licence terms). "
-            f"The first {settings.grid_images}:",
-        ),
-        ("img", "data.png", "training images"),
-        ("h2", "Training"),
-        (
-            "table",
-            ["steps", "batch", "seconds", "images/s", "final loss"],
-            [
-                [
-                    str(t["steps"]),
-                    str(t["batch_size"]),
-                    f"{t['seconds']:.1f}",
-                    f"{t['images_per_s']:.0f}",
-                    f"{t['final_loss']:.4f}",
-                ]
-            ],
-        ),
-        (
-            "p",
-            f"Tiny config (ch 32, ch_mult [1, 2], attention at 8×8), Adam lr {settings.lr}, "
-            f"warm-up {min(settings.warmup, settings.steps)} steps, "
-            f"EMA half-life {settings.ema_halflife_kimg} kimg; "
-            "samples below use the EMA weights. Run folder: `run/`.",
-        ),
-        ("h2", "Quality and time against S"),
-        (
-            "p",
-            f"DDIM (η = 0, eq. 12) and DDPM ancestral sampling with the large variance σ̂ "
-            f"(x_0 clipped) on uniform sub-sequences of S ∈ {{{s_list}}} of T = 1000 steps "
-            f"(S = T is too slow for a CPU demo); {settings.eval_images} images each, seeds "
-            f"0–{settings.eval_images - 1}. **Pixel FD** (not FID): Fréchet distance of "
-            "Gaussians fitted to 8×8-average-pooled pixels in [0, 1] against "
-            f"{settings.eval_images} held-out shapes; training images against the same "
-            f"held-out set score {floor:.3f} (the floor at this sample size).",
-        ),
-        ("table", ["sampler", "S", "pixel FD", "ms / image", "samples"], table),
-        ("img", "quality_time.png", "pixel FD and seconds per image against S"),
-        *[
-            block
-            for r in results
-            if r.steps == max(settings.sampler_steps)
-            for block in (("p", f"{r.sampler}, S = {r.steps}:"), ("img", r.grid, r.sampler))
-        ],
-        ("h2", "Interpolation"),
-        (
-            "p",
-            f"Each row: DDIM (η = 0, S = {settings.detail_steps}) decodes of slerp between "
-            "the x_T of two seeds (DDIM App. D.5).",
-        ),
-        ("img", "interpolation.png", "interpolation strips"),
-        ("h2", "Reconstruction"),
-        (
-            "p",
-            f"Top: held-out shapes. Bottom: DDIM encode → decode at S = "
-            f"{settings.detail_steps} (eqs. 13/14, then eq. 12); RMSE {recon_rmse:.4f} in "
-            "[−1, 1] units.",
-        ),
-        ("img", "reconstruction.png", "originals and reconstructions"),
-    ]
