@@ -719,24 +719,29 @@ def test_image_noise_is_the_same_at_any_batch_size(tiny_checkpoint):
     assert torch.equal(one, split)
 
 
-def test_images_at_two_batch_sizes_differ_at_most_by_rounding(tiny_checkpoint):
+def test_images_at_two_batch_sizes_differ_at_most_by_rounding():
     """The promise of docs/reliability.md: the same batch size gives bit-identical images;
-    another batch size float32 rounding, so at most one uint8 level."""
+    another batch size differs by float32 rounding only, so by at most one uint8 level. Measured
+    on the packaged `tiny` network (16x16, reference initialisation), S = 20; run with -s."""
+    from ddim.config import load_config
     from ddim.data import to_uint8
     from ddim.generate import SamplerSpec, sample_batch
     from ddim.network.precision import eps_model_for
+    from ddim.network.unet import UNet, reference_init_
 
-    checkpoint = load_checkpoint(tiny_checkpoint)
-    from ddim.checkpoint import model_from_checkpoint
-
-    eps = eps_model_for(model_from_checkpoint(checkpoint))
-    betas, spec, seeds = checkpoint.config.diffusion.betas(), SamplerSpec(steps=10), list(range(9))
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    eps = eps_model_for(reference_init_(UNet.from_config(config.model, 16)).eval())
+    betas, spec, seeds = config.diffusion.betas(), SamplerSpec(steps=20), list(range(16))
 
     def images(batch):
-        return torch.cat([sample_batch(eps, betas, spec, seeds[k : k + batch], (3, 8, 8), "cpu")
-                          for k in range(0, 9, batch)])  # fmt: skip
+        return torch.cat([sample_batch(eps, betas, spec, seeds[k : k + batch], (3, 16, 16), "cpu")
+                          for k in range(0, 16, batch)])  # fmt: skip
 
-    a, b = images(9), images(2)
-    assert torch.equal(a, images(9))
-    assert (a - b).abs().max() < 1e-3
-    assert (to_uint8(a).int() - to_uint8(b).int()).abs().max() <= 1
+    a, b = images(16), images(3)
+    assert torch.equal(a, images(16))
+    levels = (to_uint8(a).int() - to_uint8(b).int()).abs()
+    print(f"\nbatch 16 vs 3, {len(seeds)} images of 3x16x16, S = 20: max |float difference| "
+          f"{(a - b).abs().max():.3g}; uint8: {int((levels > 0).sum())} of {levels.numel()} "
+          f"values differ, by at most {int(levels.max())}; batch 16 twice: bit-identical")
+    assert (a - b).abs().max() < 1e-3 and levels.max() <= 1

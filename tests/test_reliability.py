@@ -1,10 +1,11 @@
 """Reliability and security: faults, bad input and hostile files, driven through the real CLI.
 
-Covered elsewhere and not repeated here: a NaN loss stops the run and keeps the last good
-checkpoint (test_train.py::test_non_finite_loss_stops_and_keeps_last_good_checkpoint), SIGTERM
-writes a checkpoint (test_train.py), a pickle that would run code is refused by `load_checkpoint`
-(test_checkpoint.py::test_malicious_pickle_is_refused) and by the CIFAR reader
-(test_data.py::test_hostile_cifar_pickle_is_refused). Figures are printed; run with `-s`.
+The cases here run `python -m ddim` in a subprocess; misuse, reruns and hostile input case by case,
+in-process, are in test_faults.py. Covered elsewhere and not repeated here: a NaN loss stops the run
+and keeps the last good checkpoint (test_loop.py::test_non_finite_loss_stops_and_keeps_last_good_
+checkpoint), SIGTERM writes a checkpoint (test_loop.py), a pickle that would run code is refused by
+`load_checkpoint` (test_checkpoint.py::test_malicious_pickle_is_refused) and by the CIFAR reader
+(test_datasets.py::test_hostile_cifar_pickle_is_refused). Figures are printed; run with `-s`.
 """
 
 import errno
@@ -100,6 +101,7 @@ def test_ten_sigkills_with_checkpoint_every_step_lose_nothing(
     assert final.returncode == 0, final.stderr[-2000:]
     assert load_checkpoint(latest_checkpoint(run_dir)).step == steps[-1] + 2
     assert not list(folder.glob(".*.tmp")), "a killed write left a temporary file behind"
+    assert (run_dir / ".lock").is_file()  # each killed run left its lock file; none blocked
     print(f"\n10 SIGKILLs survived ({mid_write} while a checkpoint was being written); "
           f"steps after each: {steps[1:]}; resumed to {steps[-1] + 2}")
 
@@ -181,6 +183,16 @@ def inputs(tmp_path_factory, tiny_checkpoint):
     (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (root / "evil.pth").parent.mkdir(exist_ok=True)
     torch.save({"conv_in.weight": torch.zeros(1), "x": Payload(root / "pwned")}, root / "evil.pth")
+    # the metadata edited as a text editor would: same length, so still a valid safetensors file
+    edited = data.replace(b'\\"ch\\": 32', b'\\"ch\\": 64', 1)
+    assert edited != data
+    (root / "edited.safetensors").write_bytes(edited)
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    nan = {k: v.clone() for k, v in checkpoint.model_state.items()}
+    nan["conv_out.weight"][0] = float("nan")
+    save_checkpoint(root / "nan.safetensors", model_state=nan, config=config, step=0)
+    (root / "bomb.yml").write_text("a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b]\n")
+    (root / "a-file").write_text("not a folder")
     return root
 
 
@@ -221,6 +233,15 @@ BAD_INPUTS = [
                          "--device", "cpu"], "pass resolution"),
     ("fid-missing-ref", ["-m", "ddim", "fid", "calc", "{root}/mixed-modes", "--ref",
                          "{root}/none.npz"], "none.npz"),
+    ("seed-2^63", _sample("{ckpt}", "--seed", str(2**63)), "must lie in [0, 2^63 - 1]"),
+    ("eta-inf", _sample("{ckpt}", "--eta", "inf"), "--eta=inf must be finite"),
+    ("eta-with-ddpm", _sample("{ckpt}", "--sampler", "ddpm", "--eta", "1"), "--eta applies to"),
+    ("ckpt-edited-metadata", _sample("{root}/edited.safetensors"), "metadata fails the checksum"),
+    ("ckpt-nan-weights", _sample("{root}/nan.safetensors"), "NaN or infinite"),
+    ("out-is-a-file", _sample("{ckpt}", "-o", "{root}/a-file"), "exists and is not a folder"),
+    ("config-alias-bomb", _train("--config", "{root}/bomb.yml"), "aliases (*a) are not allowed"),
+    ("oracle-n-negative", ["-m", "ddim", "oracle", "--n", "-5"], "--n must be >= 0, got -5"),
+    ("bench-repeats-zero", ["-m", "ddim", "bench", "--repeats", "0"], "--repeats must be >= 1"),
 ]  # fmt: skip
 ARGPARSE_ERRORS = [
     ("skip-unknown", _sample("{ckpt}", "--skip", "cubic"), "invalid choice: 'cubic'"),

@@ -2,10 +2,10 @@
 
 Image k is drawn from its own seed (`seeds[k]`): its x_T and every noise it receives come from a
 generator seeded with it, bit for bit the same at any batch size and on any number of GPUs. The
-network's arithmetic is not: oneDNN on the CPU (and cuDNN on GPUs) picks kernels by batch size,
-which sum in another order, so the float outputs of image k at two batch sizes differ by float32
-rounding (on the CPU, measured at most 1e-4 after 50 steps; in uint8, rarely and by one level).
-The same batch size, device and thread count give bit-identical images (docs/reliability.md).
+network's arithmetic is not: oneDNN on the CPU (and cuDNN on GPUs) picks kernels by batch shape,
+which sum in another order, so image k at two batch sizes differs by float32 rounding, which
+moves a uint8 pixel by at most one level, and rarely. The same batch size, device and thread
+count give bit-identical images. docs/reliability.md states the promise and its measurements.
 
 Work is written as shards `parts/part-<first index>.npz` (uint8 NHWC with their indices), each
 atomically. A rerun reads which indices the shards hold and makes only the missing ones, so an
