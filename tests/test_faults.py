@@ -254,7 +254,9 @@ def test_fid_ref_output_is_claimed(tmp_path, capsys, monkeypatch, write_npz, blo
 
     monkeypatch.setattr(ddim.fid, "compute_reference", fake_reference)
     data, out = write_npz(tmp_path / "data.npz", blobs(4)), tmp_path / "ref.npz"
+    (tmp_path / ".ref.npz.k1ll3d.tmp").write_bytes(b"left by a killed `fid ref`")
     assert run(capsys, "fid", "ref", data, "-o", out, "--device", "cpu")[0] == 0
+    assert not list(tmp_path.glob(".*.tmp"))  # cleaned by the next run
     before = snapshot(tmp_path)
     code, error = run(capsys, "fid", "ref", data, "-o", out, "--n", "3", "--device", "cpu")
     assert code == 2 and "n was null, now 3" in error and snapshot(tmp_path) == before
