@@ -24,10 +24,12 @@ def test_benchmarks_run_on_cpu_with_and_without_native_bf16(bf16, monkeypatch):
     cpu = torch.device("cpu")
     sampling = bench_sampling(config, device=cpu, batch=4, steps=3, repeats=1, diffusers=False)
     paths = [r.path for r in sampling]
-    assert paths[:2] == ["fp32 eager", "fp32 channels-last"]
-    assert ("bf16 autocast" in paths) == (bf16 == "1")  # bf16 only where it is native
+    assert paths[0] == "fp32 eager" and paths[1].startswith("fp32 channels-last")
+    assert ("bf16" in paths) == (bf16 == "1")  # bf16 only where it is native
+    assert sum(path.endswith("(default)") for path in paths) == 1
     assert all(r.images_per_s > 0 and r.tflops > 0 for r in sampling)
-    assert "max |Δ| 0 " in sampling[1].note  # channels-last is the same float32 arithmetic
+    # channels-last is the same float32 arithmetic in another order: at most one level apart
+    assert "max |Δ| 0 " in sampling[1].note or "max |Δ| 1 " in sampling[1].note
     training = bench_training(config, device=cpu, batch=4, repeats=2)
     assert [r.path for r in training][1:] == (["bf16 autocast (ddim train's default)"]
                                               if bf16 == "1" else [])

@@ -53,3 +53,35 @@ def test_training_timesteps():
     assert pairs.shape == (8,)
     # the official layout: [t_0..t_4, 999 − t_0, 999 − t_1, 999 − t_2]
     torch.testing.assert_close(pairs[:3] + pairs[5:8], torch.full((3,), 999))
+
+
+def test_loss_weights_closed_forms():
+    from ddim.diffusion.loss import loss_weights
+
+    alpha_bar = torch.tensor([0.99, 0.5, 0.1, 0.001], dtype=torch.float64)
+    sigma2 = (1 - alpha_bar) / alpha_bar  # 1/SNR
+    assert torch.equal(loss_weights(alpha_bar, "simple"), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(loss_weights(alpha_bar, "min_snr", 5.0),
+                               torch.minimum(5.0 * sigma2, torch.tensor(1.0, dtype=torch.float64)))
+    torch.testing.assert_close(loss_weights(alpha_bar, "x0_truncated", 100.0),
+                               sigma2.clamp(1.0, 100.0))
+    assert loss_weights(alpha_bar, "x0_truncated", 100.0)[-1] == 100.0  # σ² = 999, clipped
+
+
+def test_weighted_loss_weights_each_image_by_its_t():
+    from ddim.diffusion.loss import loss_weights
+
+    betas = make_betas("linear", 1000)
+    alpha_bar = alpha_bars(betas).float()
+    x_0 = torch.zeros(2, 3, 4, 4)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 990])
+
+    def zero(x, t):  # predicts ε = 0: each image's error is its noise
+        return torch.zeros_like(x)
+
+    per_image = noise.square().mean(dim=(1, 2, 3))
+    w = loss_weights(alpha_bar[t], "x0_truncated", 50.0)
+    got = simple_loss(zero, x_0, t, noise, alpha_bar, weighting="x0_truncated", gamma=50.0)
+    torch.testing.assert_close(got, (w * per_image).mean())
+    torch.testing.assert_close(simple_loss(zero, x_0, t, noise, alpha_bar), per_image.mean())

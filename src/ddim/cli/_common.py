@@ -10,12 +10,14 @@ from pathlib import Path
 from ddim.diffusion.samplers import check_eta
 from ddim.diffusion.schedule import SKIP_KINDS
 from ddim.errors import DdimError
+from ddim.network.precision import PRECISIONS, describe
 
 # --- flags -------------------------------------------------------------------------------------
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--ckpt, --config, --raw, --device, --no-amp: shared by the commands that load a model."""
+    """--ckpt, --config, --raw, --device, --precision, --fp32, --compile: shared by the commands
+    that load a model."""
     parser.add_argument(
         "--ckpt",
         help="checkpoint: ours, official ckpt.pth, .ckpt (default: the bundled model, if any)",
@@ -23,8 +25,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config name/YAML for checkpoints that carry none")
     parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    parser.add_argument("--no-amp", "--fp32", action="store_true",
-                        help="run the network in float32 even where bf16 is the fast path")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the network's arithmetic: fp32; mixed = bf16 for t < 500, fp32 "
+                             "above; bf16 (default auto: mixed on CPUs with native bf16, bf16 "
+                             "on CUDA, else fp32; see docs/performance.md)")
+    parser.add_argument("--fp32", "--no-amp", dest="fp32", action="store_true",
+                        help="the same as --precision fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (pays off for thousands of images)")
 
 
 def add_skip_argument(parser: argparse.ArgumentParser, choices=SKIP_KINDS, **kwargs) -> None:
@@ -131,7 +139,8 @@ def check_image_memory(count: int, shape, flag: str, bytes_per_value: int = 1) -
 
 
 def load_for_sampling(args):
-    """(eps_model, config, device, amp, rank, world size) for the checkpoint named by --ckpt."""
+    """(eps_model, config, device, precision, rank, world size) for the checkpoint named by
+    --ckpt, the network run on the path --precision names (`ddim.network.precision`)."""
     from ddim.checkpoint import (
         bundled_checkpoint,
         config_for_foreign,
@@ -139,16 +148,17 @@ def load_for_sampling(args):
         model_from_checkpoint,
     )
     from ddim.device import distributed_context, parse_device
-    from ddim.network.precision import eps_model_for, sampling_precision
+    from ddim.network.precision import eps_model_for, named_precision
 
     rank, world_size, device = distributed_context(parse_device(args.device))
     args.ckpt = args.ckpt or str(bundled_checkpoint())
     checkpoint = load_checkpoint(args.ckpt, config=args.config)
     net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
     config = config_for_foreign(checkpoint)
-    precision = sampling_precision(device, fp32=args.no_amp)
+    name = "fp32" if args.fp32 else args.precision
+    precision = named_precision(name, device, compile=args.compile)
     eps_model = eps_model_for(net, precision)
-    return eps_model, config, device, precision.bf16, rank, world_size
+    return eps_model, config, device, precision, rank, world_size
 
 
 def sampler_spec(args, config, steps=None):
@@ -192,26 +202,26 @@ def dataset_images(args, config):
 
 
 def load_ode_run(args):
-    """(eps_model, config, device, amp, betas, steps, skip, seqs) for the commands that decode one
-    input at several S (`reconstruct`, `trajectory`); every S is validated before any work."""
+    """(eps_model, config, device, precision, betas, steps, skip, seqs) for the commands that
+    decode one input at several S (`reconstruct`, `trajectory`); every S is validated first."""
     from ddim.diffusion.schedule import timesteps
 
     check_count(args.show, "--show")
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    eps_model, config, device, precision, _, _ = load_for_sampling(args)
     betas = config.diffusion.betas()
     steps = [config.sampling.steps] if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
     seqs = [timesteps(len(betas), S, skip) for S in steps]
-    return eps_model, config, device, amp, betas, steps, skip, seqs
+    return eps_model, config, device, precision, betas, steps, skip, seqs
 
 
-def model_settings(args, config, amp) -> dict:
+def model_settings(args, config, precision) -> dict:
     """What decides a model's outputs, for output records: weights (by hash), EMA or raw, the
-    config, bf16. Not the path (a moved file is the same model) nor the device."""
+    config, the arithmetic. Not the path (a moved file is the same model) nor the device."""
     return {
         "checkpoint_sha256": checkpoint_sha256(args.ckpt),
         "weights": "raw" if args.raw else "ema",
-        "bf16": amp,
+        "precision": describe(precision),
         "config": config.to_dict(),
     }
 
@@ -224,14 +234,14 @@ def checkpoint_sha256(path) -> str:
     return path_sha256(path) if path.is_dir() else cached_file_sha256(str(path))
 
 
-def model_record(args, config, device, amp) -> dict:
-    """What identifies the model run: checkpoint + hash, EMA or raw, device, bf16."""
+def model_record(args, config, device, precision) -> dict:
+    """What identifies the model run: checkpoint + hash, EMA or raw, device, arithmetic."""
     return {
         "checkpoint": str(args.ckpt),
         "checkpoint_sha256": checkpoint_sha256(args.ckpt),
         "weights": "raw" if args.raw else "ema",
         "device": str(device),
-        "bf16": amp,
+        "precision": describe(precision),
         "beta_schedule": config.diffusion.beta_schedule,
         "num_diffusion_timesteps": config.diffusion.num_diffusion_timesteps,
     }

@@ -43,20 +43,21 @@ def run(args) -> int:
     from ddim.experiments.paper import encode_images
     from ddim.files import claim_output, file_output
 
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    eps_model, config, device, precision, _, _ = load_for_sampling(args)
     betas = config.diffusion.betas()
     steps = config.sampling.steps if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
     seq = timesteps(len(betas), steps, skip)  # validates S before any work
     images, indices, dataset = dataset_images(args, config)
-    settings = {**model_settings(args, config, amp), "images": json.loads(dataset.fingerprint()),
-                "n": len(images), "steps": steps, "skip": skip}
+    settings = {**model_settings(args, config, precision),
+                "images": json.loads(dataset.fingerprint()), "n": len(images), "steps": steps,
+                "skip": skip}
     with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
         with tqdm(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:
             latents = encode_images(eps_model, images, betas, steps=steps, skip=skip,
                                     batch=args.batch or config.sampling.batch_size, device=device,
                                     progress=bar.update)
-        record = {**model_record(args, config, device, amp), "images": str(args.images),
+        record = {**model_record(args, config, device, precision), "images": str(args.images),
                   "subdir": args.subdir, "n": len(images), "steps": steps, "skip": skip,
                   "timesteps": seq, "network_calls_per_image": len(seq)}
         _save_latents(Path(args.out), latents, indices, record)

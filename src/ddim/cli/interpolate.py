@@ -113,7 +113,7 @@ def run(args) -> int:
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
     output, record_path = picture_output(args.out)
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    eps_model, config, device, precision, _, _ = load_for_sampling(args)
     betas = config.diffusion.betas()
     steps = config.sampling.steps if args.steps is None else args.steps
     skip = args.skip or config.sampling.skip
@@ -122,13 +122,13 @@ def run(args) -> int:
     pairs = len(args.seeds or args.indices or args.images) // 2
     check_image_memory(args.num * max(pairs, 1), shape, "--num", bytes_per_value=4)
     endpoints, source = _endpoints(args, config)
-    settings = {**model_settings(args, config, amp), **source, "num": args.num, "steps": steps,
-                "skip": skip}
+    settings = {**model_settings(args, config, precision), **source, "num": args.num,
+                "steps": steps, "skip": skip}
     with claim_output(output, settings, overwrite=args.overwrite):
         rows = strips(args, eps_model, betas, config, device, steps, skip, endpoints)
         save_grid(torch.cat(rows), args.out, nrow=args.num)
         record = {
-            **model_record(args, config, device, amp),
+            **model_record(args, config, device, precision),
             "seeds": args.seeds, "images": args.images, "indices": args.indices,
             "subdir": args.subdir, "num": args.num, "steps": steps, "skip": skip,
             "timesteps": seq, "eta": 0.0,

@@ -44,10 +44,11 @@ def run(args) -> int:
     from ddim.experiments.paper import reconstruction_study
     from ddim.files import claim_output, folder_output
 
-    eps_model, config, device, amp, betas, steps, skip, _ = load_ode_run(args)
+    eps_model, config, device, precision, betas, steps, skip, _ = load_ode_run(args)
     images, indices, dataset = dataset_images(args, config)
-    settings = {**model_settings(args, config, amp), "images": json.loads(dataset.fingerprint()),
-                "n": len(images), "steps": steps, "skip": skip, "show": args.show}
+    settings = {**model_settings(args, config, precision),
+                "images": json.loads(dataset.fingerprint()), "n": len(images), "steps": steps,
+                "skip": skip, "show": args.show}
     output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
     with claim_output(output, settings, overwrite=args.overwrite):
         with tqdm(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
@@ -57,7 +58,7 @@ def run(args) -> int:
                 progress=bar.update,
             )
         record = {
-            **model_record(args, config, device, amp),
+            **model_record(args, config, device, precision),
             "images": str(args.images), "subdir": args.subdir, "n": len(images),
             "indices": [indices[0], indices[-1]], "skip": skip, "eta": 0.0, "clip_x0": False,
             "mse": "mean over images and dimensions of ((x_rec+1)/2 - (x+1)/2)^2, float outputs "

@@ -62,12 +62,12 @@ def run(args) -> int:
     check_seeds(args.seed, args.n)
     if args.batch is not None:
         check_count(args.batch, "--batch")
-    eps_model, config, device, amp, rank, world = load_for_sampling(args)
+    eps_model, config, device, precision, rank, world = load_for_sampling(args)
     spec = sampler_spec(args, config)
     spec.network_calls(config.diffusion.num_diffusion_timesteps)  # validates S before any work
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     check_image_memory(args.n, shape, "--n")
-    settings = {**model_settings(args, config, amp), "sampler": spec_record(spec),
+    settings = {**model_settings(args, config, precision), "sampler": spec_record(spec),
                 "seed": args.seed, "image_shape": list(shape)}
     out = folder_output(args.out, OWNED)
     with claim_output(out, settings, overwrite=args.overwrite, active=rank == 0):
@@ -77,7 +77,7 @@ def run(args) -> int:
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:
-            _write_outputs(args, config, spec, device, amp, world, made, seconds)
+            _write_outputs(args, config, spec, device, precision, world, made, seconds)
     return 0
 
 
@@ -99,7 +99,7 @@ def _generate(args, eps_model, config, spec, device, rank: int, world: int) -> t
     return made, time.perf_counter() - start
 
 
-def _write_outputs(args, config, spec, device, amp, world, made: int, seconds: float) -> None:
+def _write_outputs(args, config, spec, device, precision, world, made: int, seconds: float) -> None:
     """grid.png, samples.npz, png/ and sample.json from the shards (rank 0)."""
     from ddim.diffusion.schedule import timesteps
     from ddim.files import write_text
@@ -115,7 +115,7 @@ def _write_outputs(args, config, spec, device, amp, world, made: int, seconds: f
         save_pngs(images, out / "png")
     T = config.diffusion.num_diffusion_timesteps
     record = {
-        **model_record(args, config, device, amp),
+        **model_record(args, config, device, precision),
         "n": args.n,
         "seeds": [args.seed, args.seed + args.n - 1],
         "sampler": spec_record(spec),

@@ -53,11 +53,11 @@ def default_skip(config) -> str:
     return "quad" if config.data.dataset.upper() == "CIFAR10" else "uniform"
 
 
-def table_settings(args, config, device, amp, ref_stats, skip: str) -> dict:
+def table_settings(args, config, device, precision, ref_stats, skip: str) -> dict:
     """Every run-wide choice that changes the numbers; a stored cell is reused only if equal."""
     from ddim.files import file_sha256
 
-    record = model_record(args, config, device, amp)
+    record = model_record(args, config, device, precision)
     return {
         **record, "device": device.type, "n": args.n, "seeds": [args.seed, args.seed + args.n - 1],
         "skip": skip, "skip_at_S_equal_T": "uniform (all T steps)",
@@ -94,7 +94,7 @@ def run(args) -> int:
 
     _check(args)
     ref_stats = load_stats(args.ref)
-    eps_model, config, device, amp, _, _ = load_for_sampling(args)
+    eps_model, config, device, precision, _, _ = load_for_sampling(args)
     check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     betas, T = config.diffusion.betas(), config.diffusion.num_diffusion_timesteps
     skip = args.skip or default_skip(config)
@@ -110,7 +110,7 @@ def run(args) -> int:
         return compute_fid(images, ref_stats, device=device, batch_size=batch, total=args.n)
 
     out = Path(args.out)
-    settings = table_settings(args, config, device, amp, ref_stats, skip)
+    settings = table_settings(args, config, device, precision, ref_stats, skip)
     output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"))
     with claim_output(output, settings, overwrite=args.overwrite):
         record = resume_record(out / "table.json", settings)
@@ -133,6 +133,7 @@ def write_outputs(record: dict, out: Path) -> None:
     s = record["settings"]
     header = (f"# FID table (Table 1 grid)\n\nN = {s['n']} images per cell, skip = {s['skip']} "
               f"(S = T: all steps), {s['weights']} weights, reference {s['reference']['path']} "
-              f"(n = {s['reference']['n']}), bf16 = {s['bf16']}, device = {s['device']}.\n\n")
+              f"(n = {s['reference']['n']}), precision {s['precision']}, "
+              f"device = {s['device']}.\n\n")
     write_text(out / "table.md", header + table_markdown(record))
     save_plot(Panel(table_series(record), title="FID"), out / "fid_vs_steps.png")

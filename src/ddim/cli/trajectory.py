@@ -45,8 +45,8 @@ def run(args) -> int:
 
     check_seeds(args.seed, 1)
     output, record_path = picture_output(args.out)
-    eps_model, config, device, amp, betas, steps, skip, seqs = load_ode_run(args)
-    settings = {**model_settings(args, config, amp), "seed": args.seed, "steps": steps,
+    eps_model, config, device, precision, betas, steps, skip, seqs = load_ode_run(args)
+    settings = {**model_settings(args, config, precision), "seed": args.seed, "steps": steps,
                 "skip": skip, "show": args.show}
     with claim_output(output, settings, overwrite=args.overwrite):
         shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
@@ -56,7 +56,7 @@ def run(args) -> int:
         grid, width = pad_rows(rows)
         save_grid(grid, args.out, nrow=width)
         record = {
-            **model_record(args, config, device, amp), "seed": args.seed, "steps": steps,
+            **model_record(args, config, device, precision), "seed": args.seed, "steps": steps,
             "skip": skip, "eta": 0.0, "show": args.show,
             "shown_step_indices": {S: shown_steps(len(q), args.show) for S, q in zip(steps, seqs)},
             "timesteps": {S: seq for S, seq in zip(steps, seqs)},

@@ -136,6 +136,8 @@ class TrainingConfig:
     """Adam on the simple loss (DDPM eq. 14); EMA by `model.ema_rate`, or by a half-life in kimg.
 
     `loss` reduces the squared error over pixels by mean (DDPM) or sum (the official DDIM code);
+    `loss_weighting` and `loss_gamma` weight each t's error (`ddim.diffusion.loss.loss_weights`;
+    `simple`, the default, is DDPM's eq. 14);
     `antithetic` pairs each t with T − 1 − t in a batch (the official DDIM code);
     `init` is DDPM's TF initialisation (`reference`, see `ddim.network.unet.reference_init_`) or
     PyTorch's default (`pytorch`, the official DDIM code);
@@ -152,6 +154,8 @@ class TrainingConfig:
     warmup: int = 5000
     grad_clip: float | None = 1.0
     loss: Literal["mean", "sum"] = "mean"
+    loss_weighting: Literal["simple", "min_snr", "x0_truncated"] = "simple"
+    loss_gamma: float = 5.0
     antithetic: bool = False
     init: Literal["reference", "pytorch"] = "reference"
     ema_halflife_kimg: float | None = None
@@ -166,6 +170,7 @@ class TrainingConfig:
         for key in ("batch_size", "n_iters", "snapshot_freq"):
             _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
         _require(self.lr > 0, "training.lr", self.lr, "> 0")
+        _require(self.loss_gamma > 0, "training.loss_gamma", self.loss_gamma, "> 0")
         _require(self.warmup >= 0, "training.warmup", self.warmup, ">= 0")
         _require(
             self.grad_clip is None or self.grad_clip > 0,

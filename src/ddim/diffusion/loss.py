@@ -36,6 +36,25 @@ def training_timesteps(
     return torch.cat([half, num_timesteps - 1 - half])[:batch_size]
 
 
+def loss_weights(alpha_bar_t: torch.Tensor, kind: str = "simple", gamma: float = 5.0):
+    """w(t) of the weighted ε-loss E[w(t) ‖ε − ε_θ(x_t, t)‖²], from ᾱ_t; σ_t² = (1 − ᾱ_t)/ᾱ_t.
+
+    simple        1: DDPM's L_simple (eq. 14)
+    min_snr       min(1, γ σ_t²) = min(SNR_t, γ)/SNR_t (Hang et al. 2023, for ε-prediction):
+                  the easy low-noise steps weigh less
+    x0_truncated  min(max(σ_t², 1), γ): the x_0 error ‖x_0 − x̂_0‖² = σ_t² ‖ε − ε̂‖², which is
+                  what a deterministic sampler's output inherits from each step, clipped to [1, γ]
+    """
+    sigma2 = (1 - alpha_bar_t) / alpha_bar_t
+    if kind == "simple":
+        return torch.ones_like(alpha_bar_t)
+    if kind == "min_snr":
+        return torch.clamp(gamma * sigma2, max=1.0)
+    if kind == "x0_truncated":
+        return torch.clamp(sigma2, min=1.0, max=gamma)
+    raise ValueError(f"unknown loss weighting {kind!r}")
+
+
 def simple_loss(
     eps_model: EpsModel,
     x_0: torch.Tensor,
@@ -44,12 +63,17 @@ def simple_loss(
     alpha_bar: torch.Tensor,
     *,
     reduction: str = "mean",
+    weighting: str = "simple",
+    gamma: float = 5.0,
 ) -> torch.Tensor:
     """L_simple (DDPM eq. 14): ‖ε − ε_θ(x_t, t)‖², averaged over pixels and batch (`mean`, the
     DDPM reference trainer) or summed over pixels and averaged over the batch (`sum`, the official
-    DDIM trainer)."""
+    DDIM trainer); each image's error weighted by `loss_weights(ᾱ_t, weighting, gamma)`."""
     x_t = q_sample(x_0, t, noise, alpha_bar)
     squared_error = (noise - eps_model(x_t, t).float()).square()
+    if weighting != "simple":
+        weights = loss_weights(alpha_bar.to(x_0.device, torch.float32)[t], weighting, gamma)
+        squared_error = squared_error * weights.view(-1, *([1] * (x_0.dim() - 1)))
     if reduction == "mean":
         return squared_error.mean()
     if reduction == "sum":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -59,9 +59,15 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
-    """Seconds per call of `fn` after one warm-up call, and the last result."""
-    out = fn()
+def _timed(
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warm_up: Callable[[], object] | None = None,
+) -> tuple[float, object]:
+    """Seconds per call of `fn` after one warm-up call (of `warm_up` if given, else `fn`), and
+    the last result."""
+    out = (warm_up or fn)()
     _synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -84,23 +90,23 @@ def _result(task, path, batch, seconds, flops_per_image, peak_tflops, device, no
 
 
 def sampling_paths(device: torch.device, compile: bool = False) -> dict[str, Precision]:
-    """The paths worth comparing on `device`: fp32 eager, channels-last, the default and, where bf16
-    is native, bf16 autocast alone and with fp32 kept for the noisiest steps."""
-    paths = {
-        "fp32 eager": Precision(),
-        "fp32 channels-last": Precision(channels_last=True),
-    }
+    """The paths worth comparing on `device`: fp32 eager and channels-last and, where bf16 is
+    native, bf16 autocast for every step or only for t < 500 (the noisiest steps, whose error DDIM
+    amplifies most, stay fp32), each with and without channels-last. The path `ddim sample` uses
+    by default is marked."""
+    paths = {"fp32 eager": Precision(), "fp32 channels-last": Precision(channels_last=True)}
     if native_bf16(device):
-        paths["bf16 autocast"] = Precision(bf16=True)
-        paths["bf16, fp32 for t >= 500"] = Precision(bf16=True, bf16_below=500)
-    paths["default (ddim sample)"] = sampling_precision(device)
+        for name, bf16_below in (("bf16", None), ("bf16 for t < 500", 500)):
+            paths[name] = Precision(bf16=True, bf16_below=bf16_below)
+            paths[f"{name}, channels-last"] = Precision(bf16=True, bf16_below=bf16_below,
+                                                         channels_last=True)  # fmt: skip
     if compile:
-        paths = {
-            **paths,
-            **{f"{name} + compile": Precision(**{**asdict(p), "compile": True})
-               for name, p in list(paths.items())[1:]},
-        }
-    return paths
+        paths |= {f"{name} + compile": replace(p, compile=True)
+                  for name, p in list(paths.items())[1:]}  # fmt: skip
+    default = sampling_precision(device)
+    if default not in paths.values():
+        paths["default"] = default
+    return {f"{name} (default)" if p == default else name: p for name, p in paths.items()}
 
 
 def image_difference(reference: torch.Tensor, other: torch.Tensor) -> str:
@@ -140,7 +146,8 @@ def bench_sampling(
     for name, precision in sampling_paths(device, compile).items():
         eps_model = eps_model_for(copy.deepcopy(net), precision)
         run = lambda m=eps_model: sample(m, x_T, betas, steps=steps, skip=skip)  # noqa: E731
-        seconds, x_0 = _timed(run, device, repeats)
+        warm = lambda m=eps_model: sample(m, x_T, betas, steps=[0, 999])  # noqa: E731
+        seconds, x_0 = _timed(run, device, repeats, warm_up=warm)
         images = to_uint8(x_0).cpu()
         reference = images if reference is None else reference
         note = "" if images is reference else image_difference(reference, images)
