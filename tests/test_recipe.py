@@ -67,7 +67,8 @@ def test_train_step_is_adam_on_the_simple_loss_then_ema():
     """One step equals the same update written out: q_sample, ε-MSE, clip, Adam, lerp."""
     c = config("model.ch=32", "model.ch_mult=[1]", "model.attn_resolutions=[]",
                "data.image_size=8", "training.batch_size=4", "training.warmup=0",
-               "training.lr=1e-3", "model.ema_rate=0.5", "training.grad_clip=1e9")  # fmt: skip
+               "training.lr=1e-3", "model.ema_rate=0.5", "training.grad_clip=1e9",
+               "training.loss_weighting=simple")  # fmt: skip
     state: TrainState = init_training(c, torch.device("cpu"))
     net0 = {k: v.clone() for k, v in state.net.state_dict().items()}
     x_0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1

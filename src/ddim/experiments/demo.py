@@ -61,6 +61,8 @@ class DemoSettings:
     warmup: int = 100
     ema_halflife_kimg: float = 20.0
     ema_rampup_ratio: float = 0.1
+    loss_weighting: str = "x0_truncated"  # the tiny config's; "simple" is DDPM's eq. 14
+    loss_gamma: float = 100.0
     train_images: int = 16384
     eval_images: int = 256  # per sampler and S < 1000, for the metrics and timing
     long_eval_images: int = 32  # per sampler at S = 1000
@@ -104,6 +106,8 @@ def demo_config(settings: DemoSettings, seed: int) -> Config:
             f"training.warmup={min(settings.warmup, settings.steps)}",
             f"training.ema_halflife_kimg={settings.ema_halflife_kimg}",
             f"training.ema_rampup_ratio={settings.ema_rampup_ratio}",
+            f"training.loss_weighting={settings.loss_weighting}",
+            f"training.loss_gamma={settings.loss_gamma}",
             f"training.seed={seed}",
             "model.dropout=0.0",
             "data.dataset=shapes",
