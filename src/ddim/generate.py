@@ -61,32 +61,12 @@ def sample_batch(
     """Images (float, [−1, 1]) for `seeds`, one per seed, whatever the batch they share."""
     generators = generators_from_seeds(seeds, device)
     x_T = randn((len(seeds), *shape), generators, device=device)
-    if spec.kind == "ddim":
-        clip = bool(spec.clip_x0)
-        return sample(
-            eps_model,
-            x_T,
-            betas,
-            steps=spec.steps,
-            skip=spec.skip,
-            eta=spec.eta,
-            generator=generators,
-            clip_x0=clip,
-            callback=callback,
-        )
-    if spec.kind == "ddpm":
+    common = dict(steps=spec.steps, skip=spec.skip, generator=generators, callback=callback)
+    if spec.kind == "ddim":  # x0 clipping off unless asked (it makes DDIM non-invertible)
+        return sample(eps_model, x_T, betas, eta=spec.eta, clip_x0=bool(spec.clip_x0), **common)
+    if spec.kind == "ddpm":  # x0 clipped unless asked not to, as the official code does
         clip = True if spec.clip_x0 is None else spec.clip_x0
-        return sample_ddpm(
-            eps_model,
-            x_T,
-            betas,
-            steps=spec.steps,
-            skip=spec.skip,
-            variance=spec.variance,
-            generator=generators,
-            clip_x0=clip,
-            callback=callback,
-        )
+        return sample_ddpm(eps_model, x_T, betas, variance=spec.variance, clip_x0=clip, **common)
     raise DdimError(f"unknown sampler {spec.kind!r}; choose ddim or ddpm")
 
 

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Encode the images and write the latents with their indices and settings."""
+    from ddim.diffusion.samplers import encode
     from ddim.diffusion.schedule import timesteps
-    from ddim.experiments.paper import encode_images
+    from ddim.experiments.paper import ode_images
     from ddim.files import claim_output, file_output
 
     eps_model, config, device, precision, _, _ = load_for_sampling(args)
@@ -54,9 +55,9 @@ def run(args) -> int:
                 "skip": skip}
     with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
         with tqdm(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:
-            latents = encode_images(eps_model, images, betas, steps=steps, skip=skip,
-                                    batch=args.batch or config.sampling.batch_size, device=device,
-                                    progress=bar.update)
+            latents = ode_images(encode, eps_model, images, betas, steps=steps, skip=skip,
+                                 batch=args.batch or config.sampling.batch_size, device=device,
+                                 progress=bar.update)
         record = {**model_record(args, config, device, precision), "images": str(args.images),
                   "subdir": args.subdir, "n": len(images), "steps": steps, "skip": skip,
                   "timesteps": seq, "network_calls_per_image": len(seq)}

@@ -21,7 +21,6 @@ import torch
 from ddim.data import to_model_range, to_uint8
 from ddim.diffusion.eps_model import EpsModel
 from ddim.diffusion.samplers import (
-    encode,
     generators_from_seeds,
     randn,
     reconstruct,
@@ -79,7 +78,8 @@ def _over_batches(
     return torch.cat(out)
 
 
-def encode_images(
+def ode_images(
+    walk: Callable,
     eps_model: EpsModel,
     images: torch.Tensor,
     betas: torch.Tensor,
@@ -90,9 +90,10 @@ def encode_images(
     device: torch.device | str,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """x_T of uint8 images by the DDIM ODE run upward (eqs. 13/14), float32 on the CPU."""
+    """`walk` (`encode`: x_T by the ODE run upward, eqs. 13/14; `reconstruct`: encode then decode
+    with η = 0, Table 2) applied to uint8 images batch by batch; float32 on the CPU."""
     return _over_batches(
-        lambda x_0: encode(eps_model, x_0, betas, steps=steps, skip=skip),
+        lambda x_0: walk(eps_model, x_0, betas, steps=steps, skip=skip),
         images, batch=batch, device=device, progress=progress,
     )
 
@@ -101,24 +102,6 @@ def reconstruction_mse(x: torch.Tensor, x_rec: torch.Tensor) -> float:
     """Per-dimension MSE on the [0, 1] scale: mean of ((x_rec + 1)/2 − (x + 1)/2)² (Table 2)."""
     a, b = (x.double() + 1) / 2, (x_rec.double() + 1) / 2
     return float(((b - a) ** 2).mean())
-
-
-def reconstruct_images(
-    eps_model: EpsModel,
-    images: torch.Tensor,
-    betas: torch.Tensor,
-    *,
-    steps: int,
-    skip: str,
-    batch: int,
-    device: torch.device | str,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Encode with S steps then decode with S steps, η = 0 (Table 2); float [−1, 1] on the CPU."""
-    return _over_batches(
-        lambda x_0: reconstruct(eps_model, x_0, betas, steps=steps, skip=skip),
-        images, batch=batch, device=device, progress=progress,
-    )
 
 
 def reconstruction_study(
@@ -141,9 +124,9 @@ def reconstruction_study(
     rows, recs = [], []
     for S in steps_list:
         start = time.perf_counter()
-        x_rec = reconstruct_images(
-            eps_model, images, betas, steps=S, skip=skip, batch=batch, device=device,
-            progress=progress,
+        x_rec = ode_images(
+            reconstruct, eps_model, images, betas, steps=S, skip=skip, batch=batch,
+            device=device, progress=progress,
         )
         seconds = time.perf_counter() - start
         calls = 2 * len(timesteps(len(betas), S, skip))
