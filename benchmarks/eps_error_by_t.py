@@ -20,13 +20,17 @@ from ddim.diffusion.schedule import alpha_bars
 
 
 def eps_mse(net, x_0: torch.Tensor, alpha_bar: torch.Tensor, t: int, seed: int) -> tuple:
-    """(network ε-MSE, trivial ε̂ = x_t MSE) at timestep t for fixed noise drawn from `seed`."""
+    """(network ε-MSE, trivial ε̂ = x_t MSE, the share of the network's error that is a constant
+    per image and channel) at timestep t for fixed noise drawn from `seed`."""
     a = float(alpha_bar[t])
     eps = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
     x_t = a**0.5 * x_0 + (1 - a) ** 0.5 * eps
     with torch.no_grad():
         pred = torch.cat([net(x, torch.full((len(x),), t)) for x in x_t.split(128)])
-    return (pred - eps).square().mean().item(), (x_t - eps).square().mean().item()
+    error = pred - eps
+    mse = error.square().mean().item()
+    mean_part = error.mean(dim=(2, 3)).square().mean().item()
+    return mse, (x_t - eps).square().mean().item(), mean_part / mse
 
 
 def report(path: str, x_0: torch.Tensor, args) -> None:
@@ -44,12 +48,13 @@ def report(path: str, x_0: torch.Tensor, args) -> None:
           + (f"{cpu / 3600:.2f} CPU hours, " if cpu is not None else "")
           + f"{'raw' if args.raw else 'EMA'} weights, {len(x_0)} images")
     print(f"ε-MSE averaged over {args.grid} evenly spaced t (≈ L_simple): {mean:.5f}\n")
-    print("| t | network ε-MSE | ε̂ = x_t MSE | x0 error (rms) |")
-    print("| --- | --- | --- | --- |")
+    print("| t | network ε-MSE | ε̂ = x_t MSE | x0 error (rms) | per-image channel means |")
+    print("| --- | --- | --- | --- | --- |")
     for t in args.t:
-        mse, trivial = eps_mse(net, x_0, alpha_bar, t, seed=t)
+        mse, trivial, mean_share = eps_mse(net, x_0, alpha_bar, t, seed=t)
         a = float(alpha_bar[t])
-        print(f"| {t} | {mse:.2e} | {trivial:.2e} | {(mse * (1 - a) / a) ** 0.5:.2f} |")
+        print(f"| {t} | {mse:.2e} | {trivial:.2e} | {(mse * (1 - a) / a) ** 0.5:.2f} | "
+              f"{mean_share:.0%} of the error |")
 
 
 def main() -> None:

@@ -89,3 +89,25 @@ def test_train_step_is_adam_on_the_simple_loss_then_ema():
         ema = state.ema.state_dict()[key]
         torch.testing.assert_close(ema, 0.5 * net0[key] + 0.5 * p.detach())
     assert state.step == 1 and math.isfinite(loss.item())
+
+
+def test_train_step_runs_a_wrapped_model_that_has_no_truth_value():
+    """torch.compile's wrapper raises on len(): the step must not test the model for truth."""
+    c = config("model.ch=32", "model.ch_mult=[1]", "model.attn_resolutions=[]",
+               "data.image_size=8", "training.batch_size=2")  # fmt: skip
+    state = init_training(c, torch.device("cpu"))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            return self.net(x, t)
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+    alpha_bar = alpha_bars(c.diffusion.betas()).float()
+    loss = train_step(c, state, torch.zeros(2, 3, 8, 8), alpha_bar, model=Wrapped(state.net))
+    assert math.isfinite(loss.item()) and state.step == 1

@@ -130,7 +130,8 @@ def train_step(
         group["lr"] = learning_rate(config, state.step)
     with torch.autocast(x_0.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = simple_loss(
-            model or state.net, x_0, t, noise, alpha_bar, reduction=config.training.loss,
+            state.net if model is None else model, x_0, t, noise, alpha_bar,
+            reduction=config.training.loss,
             weighting=config.training.loss_weighting, gamma=config.training.loss_gamma,
         )
     state.optimizer.zero_grad(set_to_none=True)
