@@ -17,6 +17,7 @@ LAYERS = {
     "version": 0,
     "files": 1,
     "device": 1,
+    "progress": 1,
     "diffusion": 2,
     "config": 3,
     "network": 4,

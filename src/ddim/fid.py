@@ -36,10 +36,10 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ddim.errors import DdimError
 from ddim.files import atomic_write, cached_file_sha256, load_npz_arrays
+from ddim.progress import progress_bar
 
 CONVENTION = "legacy_tensorflow"
 FEATURE_DIM = 2048
@@ -162,7 +162,9 @@ def inception_features(
     model = load_inception(device)
     total = _count(images) if total is None else total
     chunks = []
-    bar = tqdm(total=total, unit="img", desc="inception", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(
+        total=total, unit="img", desc="inception", disable=not progress, dynamic_ncols=True
+    )
     with bar, torch.inference_mode(), torch.backends.cudnn.flags(
         enabled=True, benchmark=False, deterministic=False, allow_tf32=False
     ):

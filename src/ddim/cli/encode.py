@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ddim.cli._common import (
     add_images_arguments,
@@ -20,6 +19,7 @@ from ddim.cli._common import (
     model_record,
     model_settings,
 )
+from ddim.progress import progress_bar
 
 HELP = "Encode images to DDIM latents x_T (the ODE of eqs. 13/14 run upward); writes an .npz."
 EXAMPLE = (
@@ -54,7 +54,7 @@ def run(args) -> int:
                 "images": json.loads(dataset.fingerprint()), "n": len(images), "steps": steps,
                 "skip": skip}
     with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
-        with tqdm(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:
+        with progress_bar(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:
             latents = ode_images(encode, eps_model, images, betas, steps=steps, skip=skip,
                                  batch=args.batch or config.sampling.batch_size, device=device,
                                  progress=bar.update)

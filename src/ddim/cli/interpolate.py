@@ -7,7 +7,6 @@ import json
 import sys
 
 import torch
-from tqdm import tqdm
 
 from ddim.cli._common import (
     add_model_arguments,
@@ -22,6 +21,7 @@ from ddim.cli._common import (
     picture_output,
 )
 from ddim.errors import DdimError
+from ddim.progress import progress_bar
 
 HELP = "Interpolate in x_T by slerp (App. D.5): between two seeds, or two encoded images."
 EXAMPLE = "ddim interpolate --ckpt ckpt.safetensors --seeds 3 7 --num 10 --steps 50 -o strip.png"
@@ -89,13 +89,13 @@ def strips(args, eps_model, betas, config, device, steps: int, skip: str,
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     rows = []
     if endpoints is None:
-        for a, b in tqdm(_pairs(args.seeds, "--seeds"), desc="interpolating", unit="pair"):
+        for a, b in progress_bar(_pairs(args.seeds, "--seeds"), desc="interpolating", unit="pair"):
             z = seed_latents([a, b], shape, device)
             rows.append(interpolate_latents(eps_model, z[0], z[1], betas, num=args.num,
                                             steps=steps, skip=skip).cpu())
         return rows
     x = to_model_range(endpoints.to(device))
-    for k in tqdm(range(0, len(x), 2), desc="interpolating", unit="pair"):
+    for k in progress_bar(range(0, len(x), 2), desc="interpolating", unit="pair"):
         path = interpolate(eps_model, x[k], x[k + 1], betas, steps=steps, skip=skip, num=args.num)
         rows.append(to_uint8(path).cpu())
     return rows

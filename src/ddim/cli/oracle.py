@@ -11,7 +11,6 @@ import argparse
 import sys
 
 import torch
-from tqdm import tqdm
 
 from ddim.cli._common import add_overwrite_argument, add_skip_argument, check_count, check_seeds
 from ddim.diffusion.oracle import (
@@ -23,6 +22,7 @@ from ddim.diffusion.oracle import (
 )
 from ddim.diffusion.samplers import check_eta, ddim_plan, ddpm_plan, walk
 from ddim.diffusion.schedule import make_betas, timesteps
+from ddim.progress import progress_bar
 
 HELP = "Table 1 on Gaussian data with the exact ε-predictor: sampler error against S and η."
 EXAMPLE = "ddim oracle --skip quad --steps 10 20 50 100 1000 --n 10000 -o oracle.md"
@@ -62,7 +62,7 @@ def table(args) -> str:
     rows.append(("σ̂ (DDPM, large variance)", lambda seq: ddpm_plan(betas, seq, "large")))
     header = "| sampler | " + " | ".join(f"S = {S}" for S in args.steps) + " |"
     lines = [header, "|" + " --- |" * (len(args.steps) + 1)]
-    with tqdm(total=len(rows) * len(args.steps), unit="cell", desc="oracle table") as bar:
+    with progress_bar(total=len(rows) * len(args.steps), unit="cell", desc="oracle table") as bar:
         for name, make_plan in rows:
             cells = []
             for S in args.steps:

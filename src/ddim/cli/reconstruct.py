@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ddim.cli._common import (
     add_images_arguments,
@@ -20,6 +19,7 @@ from ddim.cli._common import (
     model_record,
     model_settings,
 )
+from ddim.progress import progress_bar
 
 HELP = "Table 2: reconstruction MSE of encode-then-decode with S steps each (η = 0), per S."
 EXAMPLE = (
@@ -51,7 +51,7 @@ def run(args) -> int:
                 "skip": skip, "show": args.show}
     output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
     with claim_output(output, settings, overwrite=args.overwrite):
-        with tqdm(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
+        with progress_bar(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
             rows, recs = reconstruction_study(
                 eps_model, images, betas, steps, skip=skip,
                 batch=args.batch or config.sampling.batch_size, device=device,

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ddim.cli._common import (
     add_model_arguments,
@@ -24,6 +23,7 @@ from ddim.cli._common import (
     sampler_spec,
     spec_record,
 )
+from ddim.progress import progress_bar
 
 HELP = "Sample images from a checkpoint: DDIM (eq. 12) or DDPM; PNG grid, PNG folder, .npz."
 EXAMPLE = (
@@ -90,7 +90,9 @@ def _generate(args, eps_model, config, spec, device, rank: int, world: int) -> t
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     calls = spec.network_calls(len(betas))
     start = time.perf_counter()
-    with tqdm(total=args.n, unit="img", disable=rank != 0, desc=f"sampling S={calls}") as bar:
+    with progress_bar(
+        total=args.n, unit="img", disable=rank != 0, desc=f"sampling S={calls}"
+    ) as bar:
         made = generate_to_shards(
             eps_model, betas, spec, range(args.seed, args.seed + args.n), shape, args.out,
             batch=batch, device=device, rank=rank, world_size=world,

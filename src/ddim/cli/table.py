@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ddim.cli._common import (
     add_model_arguments,
     add_overwrite_argument,
@@ -20,6 +18,7 @@ from ddim.cli._common import (
 )
 from ddim.diffusion.samplers import check_eta
 from ddim.errors import DdimError
+from ddim.progress import progress_bar
 
 HELP = "Table 1: FID for each (η, S) and the σ̂ row, generated in memory; table.md/json + plot."
 EXAMPLE = (
@@ -114,7 +113,7 @@ def run(args) -> int:
     output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"))
     with claim_output(output, settings, overwrite=args.overwrite):
         record = resume_record(out / "table.json", settings)
-        with tqdm(total=len(specs), unit="cell", desc="table") as bar:
+        with progress_bar(total=len(specs), unit="cell", desc="table") as bar:
             record = run_table(specs, score, record, lambda r: write_outputs(r, out), T=T,
                                progress=lambda key: (bar.set_postfix_str(key), bar.update(1)))
         write_outputs(record, out)

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from tqdm import tqdm
-
 from ddim.cli._common import (
     add_model_arguments,
     add_ode_arguments,
@@ -18,6 +16,7 @@ from ddim.cli._common import (
     model_settings,
     picture_output,
 )
+from ddim.progress import progress_bar
 
 HELP = "Figs. 4/5: one x_T decoded with several S; rows show predicted x0 along each DDIM walk."
 EXAMPLE = (
@@ -52,7 +51,7 @@ def run(args) -> int:
         shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
         x_T = seed_latents([args.seed], shape, device)
         rows = [trajectory_row(eps_model, x_T, betas, steps=S, skip=skip, show=args.show)
-                for S in tqdm(steps, desc="trajectories", unit="S")]
+                for S in progress_bar(steps, desc="trajectories", unit="S")]
         grid, width = pad_rows(rows)
         save_grid(grid, args.out, nrow=width)
         record = {

@@ -27,7 +27,9 @@ from ddim.diffusion.schedule import BetaSchedule, Skip, make_betas
 from ddim.errors import DdimError
 
 # The configs packaged as ddim/configs/<name>.yml.
-CONFIG_NAMES: tuple[str, ...] = ("cifar10", "celeba", "church", "bedroom", "tiny")
+CONFIG_NAMES: tuple[str, ...] = (
+    "cifar10", "celeba", "church", "bedroom", "tiny", "cifar10-cpu"
+)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from pathlib import Path
 import safetensors
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from ddim.data.datasets import ImageDataset
 from ddim.errors import DdimError
 from ddim.files import atomic_write
+from ddim.progress import progress_bar
 
 DECODE_CHUNK = 256
 
@@ -74,7 +74,7 @@ def _decode_all(dataset: ImageDataset, workers: int, progress: bool) -> torch.Te
     out = torch.empty((len(dataset), 3, r, r), dtype=torch.uint8)
     chunks = _Chunks(dataset, DECODE_CHUNK)
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=workers)
-    with tqdm(total=len(dataset), desc=f"decoding {dataset.path.name}", unit="img",
+    with progress_bar(total=len(dataset), desc=f"decoding {dataset.path.name}", unit="img",
               disable=not progress) as bar:
         for j, (images, error) in enumerate(loader):
             if images is None:

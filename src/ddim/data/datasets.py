@@ -31,11 +31,11 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ddim.data.pixels import Crop, fit_image
 from ddim.errors import DdimError
 from ddim.files import load_npz_arrays, npz_headers
+from ddim.progress import progress_bar
 
 CACHE_VERSION = 1  # part of a dataset's fingerprint, the key of its decoded cache (data.cache)
 OnError = Literal["raise", "skip"]
@@ -252,8 +252,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def _drop_unreadable(self, progress: bool) -> None:
         """Decode every file once and drop the unreadable ones, counting them in `skipped`."""
         keep, first_error = [], None
-        for i in tqdm(range(len(self._members)), desc=f"checking {self.path.name}", unit="img",
-                      disable=not progress or self._array is not None):
+        for i in progress_bar(range(len(self._members)), desc=f"checking {self.path.name}",
+                              unit="img", disable=not progress or self._array is not None):
             try:
                 self._read(i)
                 keep.append(self._members[i])

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ddim.checkpoint import load_model
 from ddim.config import Config, apply_overrides, load_config
@@ -44,6 +43,7 @@ from ddim.files import write_text
 from ddim.generate import SamplerSpec, iterate_images
 from ddim.images import grid
 from ddim.network.precision import eps_model_for, sampling_precision
+from ddim.progress import progress_bar
 from ddim.training import train
 
 HELD_OUT = 1_000_003  # held-out shapes: seed + HELD_OUT, a stream apart from training
@@ -213,7 +213,7 @@ class _Evaluation:
         """Every (sampler, S) cell: metrics, time, calls, grid (Table 1's shape)."""
         s = self.settings
         cells = []
-        with tqdm(total=len(SAMPLERS) * len(s.sampler_steps), unit="cell", desc="samplers",
+        with progress_bar(total=len(SAMPLERS) * len(s.sampler_steps), unit="cell", desc="samplers",
                   disable=not self.progress) as bar:  # fmt: skip
             for sampler in SAMPLERS:
                 for S in s.sampler_steps:

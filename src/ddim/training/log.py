@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ddim.config import Config, dump_config
 from ddim.errors import DdimError
 from ddim.files import write_text
+from ddim.progress import progress_bar
 
 
 class TrainLog:
@@ -32,7 +32,9 @@ class TrainLog:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yml", dump_config(config))
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.bar = tqdm(total=end, initial=start, unit="step", disable=not progress, smoothing=0.1)
+        self.bar = progress_bar(
+            total=end, initial=start, unit="step", disable=not progress, smoothing=0.1
+        )
         self.tensorboard = _tensorboard(run_dir)
 
     def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
