@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="folder for new run directories")
     parser.add_argument("--run-dir", help="exact run directory (default: a new numbered one)")
     parser.add_argument("--resume", help="run directory or checkpoint to continue exactly")
-    parser.add_argument("--max-steps", type=int, help="stop at this step in this session")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop at this step in this invocation (--resume goes on)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--no-amp", "--fp32", action="store_true",
                         help="train in float32 even where bf16 autocast is the fast path")

@@ -88,7 +88,7 @@ def train(
     images            uint8 (N, C, H, W) training images; default: read `config.data`
     device            default: this rank's CUDA device if any, else the CPU
     resume            a checkpoint file or run directory to continue exactly from
-    max_steps         stop at this step in this session (default `training.n_iters`)
+    max_steps         stop at this step in this invocation (default `training.n_iters`)
     amp               bf16 autocast for the network; default on where bf16 is native (CUDA, and
                       CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`)
     compile           torch.compile the network
