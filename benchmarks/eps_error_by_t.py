@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from ddim.checkpoint import load_checkpoint, model_from_checkpoint
-from ddim.data import open_dataset, to_model_range
+from ddim.data import open_dataset, spread_indices, take_images, to_model_range
 from ddim.diffusion.schedule import alpha_bars
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     size = load_checkpoint(args.ckpt[0]).image_size
     data = open_dataset(args.data, subdir=args.subdir, resolution=size)
-    x_0 = to_model_range(torch.stack([data[i] for i in range(min(args.n, len(data)))]))
+    x_0 = to_model_range(take_images(data, spread_indices(len(data), args.n)))
     for path in args.ckpt:
         report(path, x_0, args)
 

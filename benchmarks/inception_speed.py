@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddim import fid
-from ddim.data import open_dataset, take_images
+from ddim.data import open_dataset, spread_indices, take_images
 
 
 def plain_inception() -> torch.jit.ScriptModule:
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
-    images = take_images(open_dataset(args.data, subdir=args.subdir), range(args.n))
+    data = open_dataset(args.data, subdir=args.subdir)
+    images = take_images(data, spread_indices(len(data), args.n))
     ref = fid.load_stats(args.ref)
     paths = {
         "plain TorchScript, contiguous": (plain_inception(), False, False),

@@ -290,3 +290,39 @@ def test_real_cifar10_jpeg_zip_test_split():
             assert image.float().std() > 1  # a real picture, not a constant
     assert ds.item_name(0) == f"test/airplane/0000.jpg in {REAL_ZIP}"
     assert ds.item_name(9_999).startswith("test/truck/")
+
+
+def test_spread_indices_cover_every_class_of_a_sorted_dataset():
+    from ddim.data import spread_indices
+
+    assert spread_indices(10, None) == list(range(10)) == spread_indices(10, 25)
+    assert spread_indices(10, 5) == [0, 2, 4, 6, 8]
+    # 10 classes of 1,000 images stored class by class, as the CIFAR-10 zip is
+    picked = spread_indices(10_000, 200)
+    assert len(set(picked)) == 200 and picked == sorted(picked)
+    assert np.bincount([i // 1000 for i in picked]).tolist() == [20] * 10
+
+
+def test_n_images_of_a_class_sorted_zip_are_spread_over_its_folders(tmp_path):
+    """`--n` on a dataset: every class folder contributes, not just the first (CLI encode)."""
+    from conftest import make_blobs
+
+    from ddim.cli._common import dataset_images
+
+    path = tmp_path / "sorted.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for c in range(4):
+            for k, image in enumerate(make_blobs(n=5, size=8, seed=c).permute(0, 2, 3, 1).numpy()):
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                archive.writestr(f"test/class{c}/{k:04d}.png", buffer.getvalue())
+
+    class Args:
+        images, subdir, n, batch = str(path), "test", 4, None
+
+    class Config:
+        class data:
+            image_size = 8
+
+    _, indices, _ = dataset_images(Args, Config)
+    assert indices == [0, 5, 10, 15]  # one image of each of the four class folders

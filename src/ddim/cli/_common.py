@@ -12,6 +12,10 @@ from ddim.diffusion.schedule import SKIP_KINDS
 from ddim.errors import DdimError
 from ddim.network.precision import PRECISIONS, describe
 
+# How --n picks images from a dataset (recorded with the outputs that depend on it).
+SELECTION = "evenly spread: indices k*size//n"
+SPREAD_HELP = "indices ⌊k·size/N⌋, so class-sorted folders keep every class"
+
 # --- flags -------------------------------------------------------------------------------------
 
 
@@ -73,7 +77,8 @@ def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None 
                         help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz")
     parser.add_argument("--subdir", help="part of the dataset (CIFAR-10: train/test; zip folder)")
     parser.add_argument("--n", type=int, default=n_default,
-                        help=f"use the first N images (default: {n_default or 'all'})")
+                        help=f"use N images evenly spread through the dataset (default: "
+                             f"{n_default or 'all'}; {SPREAD_HELP})")
     parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
 
 
@@ -189,15 +194,16 @@ def spec_record(spec) -> dict:
 
 
 def dataset_images(args, config):
-    """(uint8 images, their indices) from --images/--subdir, the first --n, at the model's size."""
-    from ddim.data import open_dataset, take_images
+    """(uint8 images, their indices) from --images/--subdir, --n of them evenly spread, at the
+    model's size."""
+    from ddim.data import open_dataset, spread_indices, take_images
 
     n = None if args.n is None else check_count(args.n, "--n")
     if args.batch is not None:
         check_count(args.batch, "--batch")
     dataset = open_dataset(args.images, subdir=args.subdir,
                            resolution=config.data.image_size, progress=False)
-    indices = list(range(len(dataset) if n is None else min(n, len(dataset))))
+    indices = spread_indices(len(dataset), n)
     return take_images(dataset, indices), indices, dataset
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ddim.cli._common import (
+    SELECTION,
     add_images_arguments,
     add_model_arguments,
     add_ode_arguments,
@@ -51,7 +52,8 @@ def run(args) -> int:
     seq = timesteps(len(betas), steps, skip)  # validates S before any work
     images, indices, dataset = dataset_images(args, config)
     settings = {**model_settings(args, config, precision),
-                "images": json.loads(dataset.fingerprint()), "n": len(images), "steps": steps,
+                "images": json.loads(dataset.fingerprint()), "n": len(images),
+                "selection": SELECTION, "steps": steps,
                 "skip": skip}
     with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
         with progress_bar(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:

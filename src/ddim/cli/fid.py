@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ddim.cli._common import add_overwrite_argument, check_count
+from ddim.cli._common import SELECTION, SPREAD_HELP, add_overwrite_argument, check_count
 from ddim.errors import DdimError
 
 HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
@@ -27,7 +27,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdir", default=None, help="folder inside a zip/folder to read from")
     parser.add_argument("--resolution", type=int, default=None,
                         help="resize images to this square size on load (default: as stored)")
-    parser.add_argument("--n", type=int, default=None, help="use the first N images (default: all)")
+    parser.add_argument("--n", type=int, default=None,
+                        help=f"use N images evenly spread through the source (default: all; "
+                             f"{SPREAD_HELP})")
     parser.add_argument("--batch", type=int, default=64, help="Inception batch size (default 64)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--device", default=None,
@@ -98,7 +100,7 @@ def _open(path: str, args: argparse.Namespace):
     the dataset)."""
     from torch.utils.data import Subset
 
-    from ddim.data import open_dataset
+    from ddim.data import open_dataset, spread_indices
 
     dataset = open_dataset(path, subdir=args.subdir, resolution=args.resolution)
     n = len(dataset) if args.n is None else args.n
@@ -108,18 +110,21 @@ def _open(path: str, args: argparse.Namespace):
         raise DdimError(f"--n {n} is more than the {len(dataset)} images in {dataset.source}")
     images = dataset.as_array()
     c, h, w = dataset[0].shape
-    first = "" if n == len(dataset) else f"the first {n} of "
-    source = f"{dataset.source}: {first}{len(dataset)} images, {c}x{h}x{w} uint8"
+    part = "" if n == len(dataset) else f"{n} evenly spread of "
+    source = f"{dataset.source}: {part}{len(dataset)} images, {c}x{h}x{w} uint8"
+    if n == len(dataset):
+        return (dataset if images is None else images), source, dataset
+    indices = spread_indices(len(dataset), n)
     if images is not None:
-        return images[:n], source, dataset
-    return (dataset if n == len(dataset) else Subset(dataset, range(n))), source, dataset
+        return images[indices], source, dataset
+    return Subset(dataset, indices), source, dataset
 
 
 def _data_settings(dataset, args: argparse.Namespace) -> dict:
     """What decides a stats file or a score: the images (fingerprint), how many, Inception."""
     from ddim import fid
 
-    return {"images": json.loads(dataset.fingerprint()), "n": args.n,
+    return {"images": json.loads(dataset.fingerprint()), "n": args.n, "selection": SELECTION,
             "network_sha256": fid.network_sha256(), "convention": fid.CONVENTION}
 
 

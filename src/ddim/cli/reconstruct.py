@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ddim.cli._common import (
+    SELECTION,
     add_images_arguments,
     add_model_arguments,
     add_ode_arguments,
@@ -47,7 +48,8 @@ def run(args) -> int:
     eps_model, config, device, precision, betas, steps, skip, _ = load_ode_run(args)
     images, indices, dataset = dataset_images(args, config)
     settings = {**model_settings(args, config, precision),
-                "images": json.loads(dataset.fingerprint()), "n": len(images), "steps": steps,
+                "images": json.loads(dataset.fingerprint()), "n": len(images),
+                "selection": SELECTION, "steps": steps,
                 "skip": skip, "show": args.show}
     output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
     with claim_output(output, settings, overwrite=args.overwrite):
@@ -60,7 +62,7 @@ def run(args) -> int:
         record = {
             **model_record(args, config, device, precision),
             "images": str(args.images), "subdir": args.subdir, "n": len(images),
-            "indices": [indices[0], indices[-1]], "skip": skip, "eta": 0.0, "clip_x0": False,
+            "indices": indices, "skip": skip, "eta": 0.0, "clip_x0": False,
             "mse": "mean over images and dimensions of ((x_rec+1)/2 - (x+1)/2)^2, float outputs "
                    "before uint8 rounding, x = uint8/127.5 - 1",
             "grid": "row 0: originals; then one row per S, in the order of 'results'",

@@ -9,7 +9,13 @@
 
 from ddim.data.batches import epoch_order, infinite_batches
 from ddim.data.cache import load_all
-from ddim.data.datasets import ImageDataset, load_image_files, open_dataset, take_images
+from ddim.data.datasets import (
+    ImageDataset,
+    load_image_files,
+    open_dataset,
+    spread_indices,
+    take_images,
+)
 from ddim.data.pixels import fit_image, to_model_range, to_uint8
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "load_all",
     "load_image_files",
     "open_dataset",
+    "spread_indices",
     "take_images",
     "to_model_range",
     "to_uint8",

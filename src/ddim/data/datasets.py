@@ -473,6 +473,15 @@ def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tens
     return torch.stack(images)
 
 
+def spread_indices(size: int, n: int | None) -> list[int]:
+    """n indices evenly spread over range(size), ⌊k·size/n⌋ for k < n (all of them when n is None
+    or ≥ size). Datasets stored class by class (CIFAR-10's class folders) keep every class in
+    proportion, where the first n items would be one class."""
+    if n is None or n >= size:
+        return list(range(size))
+    return [k * size // n for k in range(n)]
+
+
 def take_images(dataset: ImageDataset, indices: Sequence[int]) -> torch.Tensor:
     """Items `indices` of a dataset as one uint8 tensor (N, C, H, W); bad indices are errors."""
     for i in indices:
