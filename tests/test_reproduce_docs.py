@@ -45,6 +45,12 @@ def reduced(words: list[str], data: Path) -> list[str]:
         elif word in SMALLER:
             out += [word, SMALLER[word]]
             k += 1
+        elif word == "--indices":  # items of the small dataset instead
+            count = 0
+            while k + 1 < len(words) and words[k + 1].isdigit():
+                count += 1
+                k += 1
+            out += ["--indices", *[str(i) for i in range(count)]]
         elif word == "--steps":
             values = []
             while k + 1 < len(words) and words[k + 1].isdigit():
