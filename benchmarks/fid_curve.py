@@ -67,7 +67,7 @@ def write_outputs(rows: list[dict], out: Path, settings: dict) -> None:
                     log_x=False)]
     timed = [r for r in rows if r["cpu_hours"] is not None]
     if timed:
-        panels.append(Panel({"FID": [(r["cpu_hours"], r["fid"]) for r in timed]},
+        panels.append(Panel({"FID": [(round(r["cpu_hours"], 2), r["fid"]) for r in timed]},
                             title=f"FID ({settings['n']} samples)", xlabel="CPU hours",
                             log_x=False))
     save_plot(panels, out / "curve.png")
