@@ -25,12 +25,11 @@ from ddim.generate import SamplerSpec, iterate_images
 from ddim.network.precision import describe, eps_model_for, named_precision
 
 
-def score(path: str, ref, args, device: torch.device) -> dict:
+def score(path: str, ref, args, device: torch.device, precision) -> dict:
     """One checkpoint's row: its training progress and the FID of N samples."""
     checkpoint = load_checkpoint(path)
     config = checkpoint.config
     net = model_from_checkpoint(checkpoint, use_ema=True, device=device)
-    precision = named_precision(args.precision, device)
     eps_model = eps_model_for(net, precision)
     betas = config.diffusion.betas()
     T = len(betas)
@@ -91,8 +90,9 @@ def main() -> None:
     ref = load_stats(args.ref)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    precision = named_precision(args.precision, device)
     settings = {"n": args.n, "steps": args.steps, "skip": args.skip, "seed": args.seed,
-                "precision": describe(named_precision(args.precision, device)),
+                "precision": describe(precision),
                 "ref": args.ref, "ref_n": ref.n}
     log = out / "curve.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -101,7 +101,7 @@ def main() -> None:
     for path in args.ckpt:
         if path in done:
             continue
-        row = {**score(path, ref, args, device), "settings": settings}
+        row = {**score(path, ref, args, device, precision), "settings": settings}
         print(f"step {row['step']:,}: FID {row['fid']:.2f} ({args.n} samples)", flush=True)
         with open(log, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
