@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="folder for new run directories")
     parser.add_argument("--run-dir", help="exact run directory (default: a new numbered one)")
     parser.add_argument("--resume", help="run directory or checkpoint to continue exactly")
+    parser.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="start a new run from this checkpoint's weights and EMA (ours, the bundled model "
+        "'bundled', an official ckpt.pth, a diffusers folder), with a fresh optimiser",
+    )
     parser.add_argument("--max-steps", type=int,
                         help="stop at this step in this invocation (--resume goes on)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -98,6 +104,7 @@ def run(args) -> int:
         run_dir,
         device=device,
         resume=args.resume,
+        init=_init_path(args.init),
         max_steps=args.max_steps,
         amp=False if args.no_amp else None,
         compile=args.compile,
@@ -112,6 +119,17 @@ def run(args) -> int:
     if rank == 0:
         print(f"last checkpoint: {last}")
     return 0
+
+
+def _init_path(init: str | None) -> Path | None:
+    """--init's checkpoint; the word `bundled` names the model that ships with the package."""
+    if init is None:
+        return None
+    if init == "bundled":
+        from ddim.checkpoint import bundled_checkpoint
+
+        return bundled_checkpoint()
+    return Path(init)
 
 
 def _run_dir(args, config, rank: int) -> Path:

@@ -49,8 +49,9 @@ class TrainLog:
         """CPU time of this process (all its threads) spent on the run, earlier runs included."""
         return self.cpu_before + time.process_time() - self.cpu_start
 
-    def flush(self, step: int) -> None:
-        """Write the mean loss since the last flush; stop the run if it is not finite."""
+    def flush(self, step: int, images_seen: int) -> None:
+        """Write the mean loss since the last flush; stop the run if it is not finite.
+        `images_seen` counts the images the weights have seen (a warm start's included)."""
         if self.count == 0:
             return
         loss = (self.sum / self.count).item()
@@ -66,7 +67,7 @@ class TrainLog:
             "loss": loss,
             "lr": self.lr,
             "images_per_s": rate,
-            "images_seen": step * self.batch,
+            "images_seen": images_seen,
             "cpu_hours": self.cpu_seconds() / 3600,
         }
         self.metrics.write(json.dumps(record) + "\n")

@@ -10,6 +10,7 @@ from which the data order follows (`ddim.data.infinite_batches`).
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ from ddim.device import distributed_context, native_bf16
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars
 from ddim.errors import DdimError
+from ddim.files import write_text
 from ddim.images import save_grid
 from ddim.training.log import TrainLog
 from ddim.training.recipe import TrainState, init_training, learning_rate, train_step
 from ddim.training.run_dir import CHECKPOINT_GLOB, claim_run_dir, latest_checkpoint
+from ddim.training.warm_start import INIT_RECORD, load_init_checkpoint, warm_start
 
 
 class _StopFlag:
@@ -71,9 +74,11 @@ def train(
     images: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     resume: str | Path | None = None,
+    init: str | Path | None = None,
     max_steps: int | None = None,
     amp: bool | None = None,
     compile: bool = False,
+    channels_last: bool = True,
     checkpoint_every: int | None = None,
     keep: int = 3,
     sample_every: int | None = None,
@@ -88,10 +93,13 @@ def train(
     images            uint8 (N, C, H, W) training images; default: read `config.data`
     device            default: this rank's CUDA device if any, else the CPU
     resume            a checkpoint file or run directory to continue exactly from
+    init              a checkpoint (any kind) whose network and EMA weights a new run starts
+                      from, with a fresh optimiser (`ddim.training.warm_start`)
     max_steps         stop at this step in this invocation (default `training.n_iters`)
     amp               bf16 autocast for the network; default on where bf16 is native (CUDA, and
                       CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`)
     compile           torch.compile the network
+    channels_last     NHWC weights and batches (faster convolutions on CPUs and GPUs)
     checkpoint_every  steps between checkpoints (default `training.snapshot_freq`)
     keep              checkpoints kept on disk (the newest)
     sample_every      steps between sample grids of the EMA model (default: at checkpoints; 0 off)
@@ -117,10 +125,11 @@ def train(
 
     claim = claim_run_dir(run_dir, resume, overwrite) if rank == 0 else contextlib.nullcontext()
     with claim:
-        state = init_training(config, device)
-        cpu_seconds = 0.0
-        if resume is not None:
-            cpu_seconds = _restore(latest_checkpoint(resume), state)
+        state, cpu_seconds, origin = start_state(
+            config, device, resume=resume, init=init, channels_last=channels_last
+        )
+        if origin is not None and resume is None and rank == 0:
+            write_text(run_dir / INIT_RECORD, json.dumps(origin, indent=2) + "\n")
         step = state.step
         model = state.net
         if world_size > 1:
@@ -134,7 +143,7 @@ def train(
             images = load_training_images(
                 config, cache_dir=cache_dir, workers=workers, progress=progress and rank == 0
             )
-        batches = infinite_batches(
+        batches = _layout(channels_last, infinite_batches(
             images.to(device),
             t_cfg.batch_size // world_size,
             seed=t_cfg.seed,
@@ -142,7 +151,7 @@ def train(
             rank=rank,
             world_size=world_size,
             start_step=step,
-        )
+        ))
         log = TrainLog(run_dir, config, rank == 0, progress, start=step, end=end, cpu=cpu_seconds)
         alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
         x_T = torch.randn(
@@ -161,10 +170,10 @@ def train(
                 step = state.step
                 log.add(step, loss, learning_rate(config, step - 1))
                 if step % log_every == 0 or step == end:
-                    log.flush(step)
+                    log.flush(step, state.images)
                 if step % checkpoint_every == 0 or step == end or stop.signal is not None:
-                    log.flush(step)
-                    last = _save(run_dir, config, state, log.cpu_seconds(), keep, rank)
+                    log.flush(step, state.images)
+                    last = _save(run_dir, config, state, log.cpu_seconds(), keep, rank, origin)
                 if sample_every and step % sample_every == 0 and rank == 0:
                     _sample_grid(run_dir, config, state.ema, x_T, step, amp)
         log.close()
@@ -172,6 +181,28 @@ def train(
             print(f"stopped by signal {stop.signal} at step {step}; checkpoint {last}",
                   file=sys.stderr)
         return last
+
+
+def start_state(
+    config: Config,
+    device: torch.device,
+    *,
+    resume: str | Path | None = None,
+    init: str | Path | None = None,
+    channels_last: bool = False,
+) -> tuple[TrainState, float, dict | None]:
+    """The state a run starts from: fresh (step 0), resumed exactly from a checkpoint or run
+    directory, or warm-started from another checkpoint's weights (`init`); with the CPU seconds
+    already spent and the warm start the weights came from (None if none)."""
+    if resume is not None and init is not None:
+        raise DdimError("resume and init exclude each other: a resumed run has its own weights")
+    state = init_training(config, device, channels_last=channels_last)
+    if resume is not None:
+        cpu_seconds, origin = _restore(latest_checkpoint(resume), state, config)
+        return state, cpu_seconds, origin
+    if init is not None:
+        return state, 0.0, warm_start(state, load_init_checkpoint(init, config))
+    return state, 0.0, None
 
 
 def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every) -> None:
@@ -188,10 +219,23 @@ def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_ever
             raise DdimError(f"{name} ({flag}) must be >= {least}, got {value}")
 
 
+def _layout(channels_last: bool, batches):
+    """The batches, in NHWC memory layout if `channels_last`."""
+    for x in batches:
+        yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def _save(
-    run_dir: Path, config: Config, state: TrainState, cpu_seconds: float, keep: int, rank: int
+    run_dir: Path,
+    config: Config,
+    state: TrainState,
+    cpu_seconds: float,
+    keep: int,
+    rank: int,
+    origin: dict | None,
 ) -> Path | None:
-    """Write an atomic checkpoint with the full training state (rank 0), keep the newest `keep`."""
+    """Write an atomic checkpoint with the full training state (rank 0), keep the newest `keep`;
+    its metadata records the images seen and the warm start the run came from (`origin`)."""
     if rank != 0:
         return None
     step = state.step
@@ -203,7 +247,9 @@ def _save(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "step": step,
+        "images": state.images,
         "cpu_seconds": float(cpu_seconds),
+        "origin": origin,
     }
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,14 +260,26 @@ def _save(
         config=config,
         step=step,
         train_state=train_state,
+        extra_meta=_lineage(state, cpu_seconds, origin),
     )
     keep_last(folder, CHECKPOINT_GLOB, keep)
     return path
 
 
-def _restore(path: Path, state: TrainState) -> float:
+def _lineage(state: TrainState, cpu_seconds: float, origin: dict | None) -> dict:
+    """What a checkpoint says of its weights' history: images seen, CPU hours (the warm start's
+    included where it recorded them), and the warm start itself."""
+    before = (origin or {}).get("cpu_hours") or 0.0
+    return {
+        "images_seen": state.images,
+        "cpu_hours": before + cpu_seconds / 3600,
+        "init": origin,
+    }
+
+
+def _restore(path: Path, state: TrainState, config: Config) -> tuple[float, dict | None]:
     """Load weights, EMA and training state from `path` into `state`; return the CPU seconds
-    the run had spent before it."""
+    the run had spent before it and the warm start it came from (or None)."""
     checkpoint = load_checkpoint(path)
     saved = checkpoint.load_train_state()
     if saved is None:
@@ -234,7 +292,8 @@ def _restore(path: Path, state: TrainState) -> float:
     if saved["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     state.step = int(saved["step"])
-    return float(saved.get("cpu_seconds", 0.0))
+    state.images = int(saved.get("images", state.step * config.training.batch_size))
+    return float(saved.get("cpu_seconds", 0.0)), saved.get("origin")
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
+    images: int = 0  # images the weights have seen, runs they were warm-started from included
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -42,8 +43,9 @@ def learning_rate(config: Config, step: int) -> float:
     return config.training.lr * (min(1.0, step / warmup) if warmup else 1.0)
 
 
-def ema_decay(config: Config, step: int = 0) -> float:
-    """EMA decay for the update made at `step` (0-based).
+def ema_decay(config: Config, step: int = 0, images_seen: int | None = None) -> float:
+    """EMA decay for the update made at `step` (0-based), after which the weights have seen
+    `images_seen` images (default (step + 1) · batch; more for a warm-started run).
 
     The base half-life is `training.ema_halflife_kimg` thousand images, or the one that
     `model.ema_rate` per step implies. With `training.ema_rampup_ratio` r (EDM, Karras et al.
@@ -51,6 +53,8 @@ def ema_decay(config: Config, step: int = 0) -> float:
     follows the young network instead of averaging in the initial weights:
     decay = 0.5 ^ (batch / min(half-life, r · images seen)).
     """
+    if images_seen is None:
+        images_seen = (step + 1) * config.training.batch_size
     t = config.training
     rate = config.model.ema_rate
     if t.ema_halflife_kimg is None and t.ema_rampup_ratio is None:
@@ -62,7 +66,7 @@ def ema_decay(config: Config, step: int = 0) -> float:
     else:
         return rate  # 0 copies the network, 1 never moves: no half-life to ramp up
     if t.ema_rampup_ratio is not None:
-        halflife = min(halflife, t.ema_rampup_ratio * (step + 1) * t.batch_size)
+        halflife = min(halflife, t.ema_rampup_ratio * images_seen)
     return 0.5 ** (t.batch_size / max(halflife, 1e-8))
 
 
@@ -86,13 +90,18 @@ def make_optimizer(config: Config, net: torch.nn.Module, device: torch.device):
     )
 
 
-def init_training(config: Config, device: torch.device) -> TrainState:
-    """The state at step 0: weights, dropout and the noise generator seeded by `training.seed`."""
+def init_training(
+    config: Config, device: torch.device, *, channels_last: bool = False
+) -> TrainState:
+    """The state at step 0: weights, dropout and the noise generator seeded by `training.seed`;
+    `channels_last` stores the network's weights NHWC (faster convolutions, same results)."""
     torch.manual_seed(config.training.seed)  # initial weights and dropout follow the seed
     net = UNet.from_config(config.model, config.data.image_size)
     if config.training.init == "reference":
         reference_init_(net)
     net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = make_optimizer(config, net, device)
     generator = torch.Generator(device=device).manual_seed(config.training.seed)
@@ -141,6 +150,7 @@ def train_step(
             state.net.parameters(), config.training.grad_clip, foreach=True
         )
     state.optimizer.step()
-    ema_update(state.ema, state.net, ema_decay(config, state.step))
+    state.images += local * world_size
+    ema_update(state.ema, state.net, ema_decay(config, state.step, state.images))
     state.step += 1
     return loss.detach()
