@@ -22,14 +22,13 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """A randomly initialised 8×8 U-Net saved in our format (its outputs are noise, not zero)."""
+def save_tiny_checkpoint(path):
+    """A randomly initialised 8×8 U-Net saved in our format at `path` (the same weights on every
+    call: seeded); its outputs are noise, not zero."""
     config = apply_overrides(load_config("tiny"), TINY)
     torch.manual_seed(0)
     net = UNet.from_config(config.model, config.data.image_size)
     ema = UNet.from_config(config.model, config.data.image_size)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(
         path,
         model_state=reference_init_(net).state_dict(),
@@ -38,6 +37,12 @@ def tiny_checkpoint(tmp_path_factory):
         step=0,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """`save_tiny_checkpoint` in a session folder."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 # --- training at tiny size ----------------------------------------------------------------------
