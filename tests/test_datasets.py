@@ -307,7 +307,7 @@ def test_n_images_of_a_class_sorted_zip_are_spread_over_its_folders(tmp_path):
     """`--n` on a dataset: every class folder contributes, not just the first (CLI encode)."""
     from conftest import make_blobs
 
-    from ddim.cli._common import dataset_images
+    from ddim.sampling import select_images
 
     path = tmp_path / "sorted.zip"
     with zipfile.ZipFile(path, "w") as archive:
@@ -317,12 +317,5 @@ def test_n_images_of_a_class_sorted_zip_are_spread_over_its_folders(tmp_path):
                 Image.fromarray(image).save(buffer, format="PNG")
                 archive.writestr(f"test/class{c}/{k:04d}.png", buffer.getvalue())
 
-    class Args:
-        images, subdir, n, batch = str(path), "test", 4, None
-
-    class Config:
-        class data:
-            image_size = 8
-
-    _, indices, _ = dataset_images(Args, Config)
+    indices = select_images(path, subdir="test", n=4, resolution=8).indices
     assert indices == [0, 5, 10, 15]  # one image of each of the four class folders

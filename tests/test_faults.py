@@ -707,16 +707,16 @@ def test_hostile_yaml_is_a_short_error(text, message, tmp_path, capsys):
 
 def test_image_noise_is_the_same_at_any_batch_size(tiny_checkpoint):
     """With ε ≡ 0 the sampler is elementwise, so what is left is the per-image noise: bit-equal."""
-    from ddim.generate import SamplerSpec, sample_batch
+    from ddim.sampling import build_sampler, sample_seeds
 
     betas = load_checkpoint(tiny_checkpoint).config.diffusion.betas()
-    spec, seeds = SamplerSpec(steps=5, eta=1.0), list(range(7))
+    sampler, seeds = build_sampler(betas, 5, eta=1.0), list(range(7))
 
     def zero(x, t):
         return torch.zeros_like(x)
 
-    one = sample_batch(zero, betas, spec, seeds, (3, 8, 8), "cpu")
-    split = torch.cat([sample_batch(zero, betas, spec, seeds[k : k + 3], (3, 8, 8), "cpu")
+    one = sample_seeds(zero, sampler, seeds, (3, 8, 8), "cpu")
+    split = torch.cat([sample_seeds(zero, sampler, seeds[k : k + 3], (3, 8, 8), "cpu")
                        for k in range(0, 7, 3)])  # fmt: skip
     assert torch.equal(one, split)
 
@@ -727,17 +727,18 @@ def test_images_at_two_batch_sizes_differ_at_most_by_rounding():
     on the packaged `tiny` network (16x16, reference initialisation), S = 20; run with -s."""
     from ddim.config import load_config
     from ddim.data import to_uint8
-    from ddim.generate import SamplerSpec, sample_batch
     from ddim.network.precision import eps_model_for
     from ddim.network.unet import UNet, reference_init_
+    from ddim.sampling import build_sampler, sample_seeds
 
     config = load_config("tiny")
     torch.manual_seed(0)
     eps = eps_model_for(reference_init_(UNet.from_config(config.model, 16)).eval())
-    betas, spec, seeds = config.diffusion.betas(), SamplerSpec(steps=20), list(range(16))
+    sampler = build_sampler(config.diffusion.betas(), 20, eta=0.0)
+    seeds = list(range(16))
 
     def images(batch):
-        return torch.cat([sample_batch(eps, betas, spec, seeds[k : k + batch], (3, 16, 16), "cpu")
+        return torch.cat([sample_seeds(eps, sampler, seeds[k : k + batch], (3, 16, 16), "cpu")
                           for k in range(0, 16, batch)])  # fmt: skip
 
     a, b = images(16), images(3)

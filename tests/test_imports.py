@@ -24,7 +24,7 @@ LAYERS = {
     "data": 4,
     "images": 5,
     "checkpoint": 5,
-    "generate": 6,
+    "sampling": 6,
     "fid": 6,
     "training": 7,
     "experiments": 8,

@@ -9,12 +9,14 @@ from PIL import Image
 
 from ddim.checkpoint import load_model
 from ddim.cli import main
-from ddim.data import to_model_range, to_uint8
+from ddim.data import to_model_range
 from ddim.diffusion.samplers import reconstruct, slerp_path
+from ddim.diffusion.schedule import make_betas
+from ddim.errors import DdimError
 from ddim.experiments import paper as ex
 from ddim.experiments.report import Panel, plot_points, save_plot
-from ddim.generate import SamplerSpec, sample_batch
 from ddim.network.precision import eps_model_for
+from ddim.sampling import build_sampler
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,8 @@ def test_reconstruction_mse_closed_form():
 def test_reconstruction_study_matches_direct_computation(model, data_npz):
     eps_model, config, betas = model
     images = torch.from_numpy(np.load(data_npz)["arr_0"][:4]).permute(0, 3, 1, 2)
-    rows, recs = ex.reconstruction_study(
-        eps_model, images, betas, [2, 3], skip="uniform", batch=3, device="cpu"
-    )
+    samplers = [build_sampler(betas, S, eta=0.0) for S in (2, 3)]
+    rows, recs = ex.reconstruction_study(eps_model, images, samplers, batch=3, device="cpu")
     x = images.double() / 127.5 - 1
     for row, rec, S in zip(rows, recs, [2, 3]):
         x_rec = reconstruct(eps_model, to_model_range(images), betas, steps=S).double()
@@ -69,44 +70,33 @@ def test_slerp_path_ends_are_the_latents():
     path = slerp_path(z[0], z[1], 5)
     assert path.shape == (5, 3, 8, 8)
     assert torch.equal(path[0], z[0]) and torch.equal(path[-1], z[1])
-    with pytest.raises(ex.DdimError, match="num >= 2 images, got 1"):
+    with pytest.raises(DdimError, match="num >= 2 images, got 1"):
         slerp_path(z[0], z[1], 1)
 
 
-def test_shown_steps_are_evenly_spaced_and_keep_both_ends():
-    assert ex.shown_steps(10, 4) == [0, 3, 6, 9]
-    assert ex.shown_steps(3, 8) == [0, 1, 2]
-    assert ex.shown_steps(100, 1) == [0]
-
-
-def test_trajectory_row_ends_with_the_sample(model):
-    eps_model, config, betas = model
-    x_T = ex.seed_latents([5], (3, 8, 8), "cpu")
-    row = ex.trajectory_row(eps_model, x_T, betas, steps=4, skip="uniform", show=3)
-    assert row.shape == (4, 3, 8, 8) and row.dtype == torch.uint8
-    spec = SamplerSpec(steps=4, skip="uniform", eta=0.0)
-    final = to_uint8(sample_batch(eps_model, betas, spec, [5], (3, 8, 8), "cpu"))
-    assert torch.equal(row[-1:], final)
-
-
 def test_table_cells_resume_and_render(tmp_path):
-    specs = ex.table_specs([2, 1000], [0.0, 1.0], True, "quad", 1000)
-    assert [ex.cell_key(s) for s in specs[:3]] == ["eta=0.0,S=2", "eta=1.0,S=2", "sigma_hat,S=2"]
-    assert specs[-1].skip == "uniform" and specs[-1].variance == "large"  # S = T: all steps
+    betas = make_betas("linear", 1000)
+    cells = ex.table_cells(betas, [2, 1000], [0.0, 1.0], True, "quad")
+    assert [c.key for c in cells[:3]] == ["eta=0.0,S=2", "eta=1.0,S=2", "sigma_hat,S=2"]
+    last = cells[-1].sampler
+    assert last.skip == "uniform" and last.option == ("variance", "large")  # S = T: all steps
+    assert cells[0].sampler.timesteps is cells[2].sampler.timesteps  # τ once per column
+    assert cells[2].sampler_record() == {"steps": 2, "skip": "quad", "eta": 0.0, "kind": "ddpm",
+                                         "variance": "large", "clip_x0": None}
     calls = []
 
-    def score(spec):
-        calls.append(ex.cell_key(spec))
-        return 10.0 * spec.steps + spec.eta
+    def score(sampler):
+        calls.append((sampler.name, sampler.steps))
+        return 10.0 * sampler.steps + dict([sampler.option]).get("eta", 0.0)
 
     saved = []
-    record = ex.run_table(specs, score, {"settings": {"n": 4}}, saved.append, T=1000)
+    record = ex.run_table(cells, score, {"settings": {"n": 4}}, saved.append)
     assert len(calls) == 6 and len(saved) == 6
     assert record["cells"]["eta=1.0,S=2"]["fid"] == 21.0
     assert record["cells"]["sigma_hat,S=1000"]["network_calls_per_image"] == 1000
     (tmp_path / "table.json").write_text(json.dumps(record))
     again = ex.resume_record(tmp_path / "table.json", {"n": 4})
-    ex.run_table(specs, score, again, saved.append, T=1000)
+    ex.run_table(cells, score, again, saved.append)
     assert len(calls) == 6  # nothing recomputed
     assert ex.resume_record(tmp_path / "table.json", {"n": 8})["cells"] == {}
     md = ex.table_markdown(record)

@@ -33,7 +33,7 @@ def test_auto_is_mixed_with_native_bf16_and_fp32_without(monkeypatch):
     monkeypatch.setenv("DDIM_CPU_BF16", "0")
     assert named_precision("auto", cpu) == Precision(False, None, True)
     assert named_precision("bf16", cpu).bf16  # asked for by name: honoured anyway
-    with pytest.raises(ddim.DdimError, match="--precision 'half'"):
+    with pytest.raises(ddim.DdimError, match="precision 'half'"):
         named_precision("half", cpu)
 
 

@@ -27,8 +27,8 @@ import ddim.cli
 from ddim.checkpoint import load_checkpoint, save_checkpoint
 from ddim.config import dump_config
 from ddim.errors import DdimError
-from ddim.generate import SamplerSpec, sample_batch
 from ddim.network.precision import eps_model_for
+from ddim.sampling import build_sampler, sample_seeds
 from ddim.training import latest_checkpoint, train
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -392,11 +392,12 @@ def test_many_sampling_batches_do_not_grow_memory(tiny_checkpoint):
     from ddim.checkpoint import model_from_checkpoint
 
     eps_model = eps_model_for(model_from_checkpoint(checkpoint))
-    config, spec = checkpoint.config, SamplerSpec(steps=10, eta=0.5)
-    shape, betas = (3, config.data.image_size, config.data.image_size), config.diffusion.betas()
+    config = checkpoint.config
+    sampler = build_sampler(config.diffusion.betas(), 10, eta=0.5)
+    shape = (3, config.data.image_size, config.data.image_size)
 
     def one_batch(b):
-        x = sample_batch(eps_model, betas, spec, range(8 * b, 8 * b + 8), shape, "cpu")
+        x = sample_seeds(eps_model, sampler, range(8 * b, 8 * b + 8), shape, "cpu")
         assert torch.isfinite(x).all()
 
     for b in range(5):  # warm-up: allocator pools, lazy imports

@@ -57,23 +57,26 @@ def use_bf16(device: torch.device, fp32: bool = False) -> bool:
 
 
 def parse_device(name: str | None) -> torch.device | None:
-    """A `--device` value as a torch.device (None stays None); a bad name or a missing GPU is a
+    """A device name as a torch.device (None stays None); a bad name or a missing GPU is a
     DdimError naming it."""
     if name is None:
         return None
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise DdimError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        raise DdimError(f"device {name!r} is not a device (cpu, cuda, cuda:1, ...)",
+                        argument="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DdimError(f"--device {name!r}: no CUDA GPU is available here; use --device cpu")
+        raise DdimError(f"device {name!r}: no CUDA GPU is available here, only the CPU",
+                        argument="device")
     if device.type == "cuda" and device.index is not None:
         if device.index >= torch.cuda.device_count():
             raise DdimError(
-                f"--device {name!r}: there are only {torch.cuda.device_count()} CUDA devices"
+                f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices",
+                argument="device",
             )
     if device.type not in ("cpu", "cuda"):
-        raise DdimError(f"--device {name!r}: only cpu and cuda are supported")
+        raise DdimError(f"device {name!r}: only cpu and cuda are supported", argument="device")
     return device
 
 

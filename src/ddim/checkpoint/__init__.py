@@ -4,12 +4,13 @@
     format    our safetensors format (weights + config + training state), atomic and verified
     foreign   the official `ckpt.pth`, plain state_dicts and bare weights (config inferred)
     diffusers the diffusers layout, both ways
-    load      `load_checkpoint` (any kind, by its bytes) and `load_model`
+    load      `load_checkpoint` (any kind, by its bytes), `load_model`, a checkpoint's hash
 """
 
 from ddim.checkpoint.format import keep_last, save_checkpoint
 from ddim.checkpoint.load import (
     bundled_checkpoint,
+    checkpoint_sha256,
     config_for_foreign,
     load_checkpoint,
     load_model,
@@ -20,6 +21,7 @@ from ddim.checkpoint.weights import Checkpoint
 __all__ = [
     "Checkpoint",
     "bundled_checkpoint",
+    "checkpoint_sha256",
     "config_for_foreign",
     "keep_last",
     "load_checkpoint",

@@ -25,6 +25,7 @@ from ddim.checkpoint.format import from_ours, is_ours, read_safetensors
 from ddim.checkpoint.weights import Checkpoint, check_finite, check_weights_fit
 from ddim.config import Config, DataConfig, load_config
 from ddim.errors import DdimError
+from ddim.files import cached_file_sha256, path_sha256
 from ddim.network.unet import UNet
 
 BUNDLED = "cifar10-32px.safetensors"  # the EMA weights of the CIFAR-10 CPU run, float16
@@ -115,5 +116,12 @@ def bundled_checkpoint() -> Path:
     """The model that ships with the package (used when no checkpoint is named)."""
     path = Path(__file__).resolve().parents[1] / "assets" / BUNDLED
     if not path.is_file():
-        raise DdimError("no --ckpt given, and this installation has no bundled model")
+        raise DdimError("ckpt is not given, and this installation has no bundled model",
+                        argument="ckpt")
     return path
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (computed once per process) or of a diffusers folder."""
+    path = Path(path).resolve()
+    return path_sha256(path) if path.is_dir() else cached_file_sha256(str(path))

@@ -38,8 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _flags=flag_names(sub))
     return parser
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's destination and its long flag, {"batch": "--batch", "out": "--out"}, those
+    of nested sub-commands (`ddim fid ref`) included."""
+    names = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names.update(flag_names(sub))
+        long = [name for name in action.option_strings if name.startswith("--")]
+        if long and action.dest != "help":
+            names[action.dest] = long[0]
+    return names
+
+
+def in_flags(error: DdimError, flags: dict[str, str]) -> str:
+    """A library error about an argument as the command line says it: the flag in the argument's
+    place. A list flag stands for its singular argument (--etas sets each eta)."""
+    message, argument = str(error), error.argument
+    flag = (flags.get(argument) or flags.get(f"{argument}s")) if argument else None
+    if flag is None or not message.startswith(argument):
+        return message
+    return flag + message[len(argument) :]
 
 
 MAX_MESSAGE = 500  # characters of an error message shown; a longer one is cut
@@ -68,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
     """What to tell the user about `error`, or None for a bug (which keeps its traceback)."""
     if isinstance(error, DdimError):
-        return str(error)
+        return in_flags(error, getattr(args, "_flags", {}))
     if isinstance(error, OSError):  # the filesystem: permissions, a full disk, a folder as a file
         where = f" {error.filename!r}" if error.filename else ""
         return f"cannot use{where}: {error.strerror or error}"

@@ -1,20 +1,20 @@
-"""What the commands share: the flags that load a model, pick a sampler, read images or name an
-output, the checks of numbers from the command line, and the loaders behind them. Commands import
-this module, never each other."""
+"""The command line the commands share: the flag groups (model, sampler, images, output), the
+checks of numbers given as flags, and what the model and sampler flags become in the sampling
+stage (`model_from_flags`, `settings_from_flags`). Commands import this module, never each other.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ddim.diffusion.samplers import check_eta
+from ddim.data import SELECTION  # noqa: F401  (recorded by the commands that take --n images)
 from ddim.diffusion.schedule import SKIP_KINDS
 from ddim.errors import DdimError
-from ddim.network.precision import PRECISIONS, describe
+from ddim.network.precision import PRECISIONS
 
-# How --n picks images from a dataset (recorded with the outputs that depend on it).
-SELECTION = "evenly spread: indices k*size//n"
 SPREAD_HELP = "indices ⌊k·size/N⌋, so class-sorted folders keep every class"
+CLIP_X0 = {"auto": None, "on": True, "off": False}
 
 # --- flags -------------------------------------------------------------------------------------
 
@@ -27,7 +27,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint: ours, official ckpt.pth, .ckpt (default: the bundled model, if any)",
     )
     parser.add_argument("--config", help="config name/YAML for checkpoints that carry none")
-    parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
+    parser.add_argument("--raw", action="store_true",
+                        help="raw weights instead of EMA (the default unless the config's "
+                             "model.ema is false)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the network's arithmetic: fp32; mixed = bf16 for t < 500, fp32 "
@@ -45,30 +47,22 @@ def add_skip_argument(parser: argparse.ArgumentParser, choices=SKIP_KINDS, **kwa
     parser.add_argument("--skip", choices=list(choices), **kwargs)
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser, steps_nargs=None) -> None:
-    """--steps, --skip, --eta, --sampler, --variance, --clip-x0."""
-    parser.add_argument(
-        "--steps",
-        type=int,
-        nargs=steps_nargs,
-        default=None,
-        help="S, network calls per image (default: the config's)",
-    )
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sampler, --steps, --skip, --eta, --variance, --clip-x0, --batch."""
+    from ddim.sampling.settings import SAMPLERS
+
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
+    parser.add_argument("--steps", type=int, help="S, network calls per image (default: the "
+                        "config's)")  # fmt: skip
     add_skip_argument(parser)
-    parser.add_argument("--eta", type=float, help="η of eq. 16: 0 DDIM … 1 DDPM-like")
-    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    parser.add_argument(
-        "--variance",
-        choices=["small", "large"],
-        default=None,
-        help="DDPM variance: small = β̃ (default), large = β (the paper's σ̂)",
-    )
-    parser.add_argument(
-        "--clip-x0",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="clip predicted x0 to [-1, 1] (auto: off for DDIM, on for DDPM)",
-    )
+    parser.add_argument("--eta", type=float,
+                        help="η of eq. 16: 0 DDIM … 1 DDPM-like (default: the config's)")
+    parser.add_argument("--variance", choices=["small", "large"],
+                        help="DDPM variance: small = β̃, large = β (the paper's σ̂); default: the "
+                             "config's model.var_type (fixedlarge: large, fixedsmall: small)")
+    parser.add_argument("--clip-x0", choices=list(CLIP_X0), default="auto",
+                        help="clip predicted x0 to [-1, 1] (auto: off for DDIM, on for DDPM)")
+    parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
 
 
 def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None = None) -> None:
@@ -111,6 +105,36 @@ def data_overrides(data: str | None, subdir: str | None) -> list[str]:
     return overrides + ([f"data.subdir={subdir}"] if subdir else [])
 
 
+# --- what the flags become ---------------------------------------------------------------------
+
+
+def model_from_flags(args, device=None):
+    """The SamplingModel that --ckpt, --config, --raw, --precision, --fp32 and --compile name, on
+    `device` (default: --device, or the torchrun rank's)."""
+    from ddim.device import distributed_context, parse_device
+    from ddim.sampling.model import load_sampling_model
+
+    if device is None:
+        device = distributed_context(parse_device(args.device))[2]
+    return load_sampling_model(
+        args.ckpt, config=args.config, raw=args.raw, device=device,
+        precision="fp32" if args.fp32 else args.precision, compile=args.compile,
+    )  # fmt: skip
+
+
+def settings_from_flags(args, config, **fixed):
+    """The SamplingSettings of the sampler flags present in `args` (--sampler, --steps, --skip,
+    --eta, --variance, --clip-x0, --batch), the config's defaults for the rest; `fixed` gives
+    what a command does not take as flags (the ODE commands: eta=0.0)."""
+    from ddim.sampling.settings import sampling_settings
+
+    names = ("sampler", "steps", "skip", "eta", "variance", "batch")
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if hasattr(args, "clip_x0"):
+        given["clip_x0"] = CLIP_X0[args.clip_x0]
+    return sampling_settings(config, **{**given, **fixed})
+
+
 # --- numbers from the command line -------------------------------------------------------------
 
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
@@ -138,116 +162,3 @@ def check_image_memory(count: int, shape, flag: str, bytes_per_value: int = 1) -
 
     c, h, w = shape
     check_fits_in_memory(count * c * h * w * bytes_per_value, f"{flag} {count} ({c}x{h}x{w} each)")
-
-
-# --- loaders -----------------------------------------------------------------------------------
-
-
-def load_for_sampling(args):
-    """(eps_model, config, device, precision, rank, world size) for the checkpoint named by
-    --ckpt, the network run on the path --precision names (`ddim.network.precision`)."""
-    from ddim.checkpoint import (
-        bundled_checkpoint,
-        config_for_foreign,
-        load_checkpoint,
-        model_from_checkpoint,
-    )
-    from ddim.device import distributed_context, parse_device
-    from ddim.network.precision import eps_model_for, named_precision
-
-    rank, world_size, device = distributed_context(parse_device(args.device))
-    args.ckpt = args.ckpt or str(bundled_checkpoint())
-    checkpoint = load_checkpoint(args.ckpt, config=args.config)
-    net = model_from_checkpoint(checkpoint, use_ema=not args.raw, device=device)
-    config = config_for_foreign(checkpoint)
-    name = "fp32" if args.fp32 else args.precision
-    precision = named_precision(name, device, compile=args.compile)
-    eps_model = eps_model_for(net, precision)
-    return eps_model, config, device, precision, rank, world_size
-
-
-def sampler_spec(args, config, steps=None):
-    """The SamplerSpec from the flags, defaults from the config's sampling section."""
-    from ddim.generate import SamplerSpec
-
-    s = config.sampling
-    clip = {"auto": None, "on": True, "off": False}[args.clip_x0]
-    if args.sampler == "ddpm" and args.eta is not None:
-        raise DdimError("--eta applies to --sampler ddim only; DDPM's noise is set by --variance")
-    if args.sampler == "ddim" and args.variance is not None:
-        raise DdimError("--variance applies to --sampler ddpm only; DDIM's noise is set by --eta")
-    eta = check_eta(s.eta if args.eta is None else args.eta, "--eta")
-    return SamplerSpec(
-        steps=next(v for v in (steps, args.steps, s.steps) if v is not None),
-        skip=args.skip or s.skip,
-        eta=eta if args.sampler == "ddim" else 0.0,
-        kind=args.sampler,
-        variance=args.variance or "small",
-        clip_x0=clip,
-    )
-
-
-def spec_record(spec) -> dict:
-    """The sampler's settings as recorded: only those the chosen sampler uses."""
-    unused = "variance" if spec.kind == "ddim" else "eta"
-    return {key: value for key, value in spec.__dict__.items() if key != unused}
-
-
-def dataset_images(args, config):
-    """(uint8 images, their indices) from --images/--subdir, --n of them evenly spread, at the
-    model's size."""
-    from ddim.data import open_dataset, spread_indices, take_images
-
-    n = None if args.n is None else check_count(args.n, "--n")
-    if args.batch is not None:
-        check_count(args.batch, "--batch")
-    dataset = open_dataset(args.images, subdir=args.subdir,
-                           resolution=config.data.image_size, progress=False)
-    indices = spread_indices(len(dataset), n)
-    return take_images(dataset, indices), indices, dataset
-
-
-def load_ode_run(args):
-    """(eps_model, config, device, precision, betas, steps, skip, seqs) for the commands that
-    decode one input at several S (`reconstruct`, `trajectory`); every S is validated first."""
-    from ddim.diffusion.schedule import timesteps
-
-    check_count(args.show, "--show")
-    eps_model, config, device, precision, _, _ = load_for_sampling(args)
-    betas = config.diffusion.betas()
-    steps = [config.sampling.steps] if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    seqs = [timesteps(len(betas), S, skip) for S in steps]
-    return eps_model, config, device, precision, betas, steps, skip, seqs
-
-
-def model_settings(args, config, precision) -> dict:
-    """What decides a model's outputs, for output records: weights (by hash), EMA or raw, the
-    config, the arithmetic. Not the path (a moved file is the same model) nor the device."""
-    return {
-        "checkpoint_sha256": checkpoint_sha256(args.ckpt),
-        "weights": "raw" if args.raw else "ema",
-        "precision": describe(precision),
-        "config": config.to_dict(),
-    }
-
-
-def checkpoint_sha256(path) -> str:
-    """SHA-256 of a checkpoint file (or diffusers folder), computed once per process."""
-    from ddim.files import cached_file_sha256, path_sha256
-
-    path = Path(path).resolve()
-    return path_sha256(path) if path.is_dir() else cached_file_sha256(str(path))
-
-
-def model_record(args, config, device, precision) -> dict:
-    """What identifies the model run: checkpoint + hash, EMA or raw, device, arithmetic."""
-    return {
-        "checkpoint": str(args.ckpt),
-        "checkpoint_sha256": checkpoint_sha256(args.ckpt),
-        "weights": "raw" if args.raw else "ema",
-        "device": str(device),
-        "precision": describe(precision),
-        "beta_schedule": config.diffusion.beta_schedule,
-        "num_diffusion_timesteps": config.diffusion.num_diffusion_timesteps,
-    }

@@ -50,7 +50,7 @@ def run(args) -> int:
     """Run the chosen benchmarks, print a table, and write it as JSON with -o."""
     import contextlib
 
-    from ddim.cli._common import checkpoint_sha256
+    from ddim.checkpoint import checkpoint_sha256
     from ddim.files import claim_output, file_output
 
     _check(args)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddim.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ddim.checkpoint import (
+    Checkpoint,
+    checkpoint_sha256,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from ddim.checkpoint.diffusers import export_diffusers, verify_diffusers
-from ddim.cli._common import add_overwrite_argument, checkpoint_sha256
+from ddim.cli._common import add_overwrite_argument
 from ddim.config import CONFIG_NAMES
 from ddim.errors import DdimError
 

@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ddim.cli._common import (
-    SELECTION,
     add_images_arguments,
     add_model_arguments,
     add_ode_arguments,
     add_overwrite_argument,
-    dataset_images,
-    load_for_sampling,
-    model_record,
-    model_settings,
+    model_from_flags,
+    settings_from_flags,
 )
 from ddim.progress import progress_bar
 
@@ -27,6 +24,7 @@ EXAMPLE = (
     "ddim encode --ckpt ckpt.safetensors --images data/cifar-10-batches-py --subdir test "
     "--n 64 --steps 100 -o latents.npz"
 )
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim encode`."""
@@ -40,31 +38,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Encode the images and write the latents with their indices and settings."""
-    from ddim.diffusion.samplers import encode
-    from ddim.diffusion.schedule import timesteps
-    from ddim.experiments.paper import ode_images
+    from ddim.data import SELECTION
     from ddim.files import claim_output, file_output
+    from ddim.sampling.inputs import select_images
+    from ddim.sampling.runners import encode_images
 
-    eps_model, config, device, precision, _, _ = load_for_sampling(args)
-    betas = config.diffusion.betas()
-    steps = config.sampling.steps if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    seq = timesteps(len(betas), steps, skip)  # validates S before any work
-    images, indices, dataset = dataset_images(args, config)
-    settings = {**model_settings(args, config, precision),
-                "images": json.loads(dataset.fingerprint()), "n": len(images),
-                "selection": SELECTION, "steps": steps,
-                "skip": skip}
-    with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
-        with progress_bar(total=len(images), unit="img", desc=f"encoding S={len(seq)}") as bar:
-            latents = ode_images(encode, eps_model, images, betas, steps=steps, skip=skip,
-                                 batch=args.batch or config.sampling.batch_size, device=device,
-                                 progress=bar.update)
-        record = {**model_record(args, config, device, precision), "images": str(args.images),
-                  "subdir": args.subdir, "n": len(images), "steps": steps, "skip": skip,
-                  "timesteps": seq, "network_calls_per_image": len(seq)}
-        _save_latents(Path(args.out), latents, indices, record)
-    print(f"wrote {len(images)} latents to {args.out}", file=sys.stderr)
+    model = model_from_flags(args)
+    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    sampler = settings.sampler
+    chosen = select_images(args.images, subdir=args.subdir, n=args.n, resolution=settings.shape[1])
+    recorded = {**model.settings(), "images": chosen.dataset, "n": len(chosen.images),
+                "selection": SELECTION, "steps": sampler.steps, "skip": sampler.skip}
+    with claim_output(file_output(args.out), recorded, overwrite=args.overwrite):
+        with progress_bar(total=len(chosen.images), unit="img",
+                          desc=f"encoding S={sampler.network_calls}") as bar:  # fmt: skip
+            latents = encode_images(model.eps_model, sampler, chosen.images, batch=settings.batch,
+                                    device=model.device, progress=bar.update)  # fmt: skip
+        record = {**model.record(), "images": str(args.images), "subdir": args.subdir,
+                  "n": len(chosen.images), "steps": sampler.steps, "skip": sampler.skip,
+                  "timesteps": list(sampler.timesteps),
+                  "network_calls_per_image": sampler.network_calls}
+        _save_latents(Path(args.out), latents, chosen.indices, record)
+    print(f"wrote {len(chosen.images)} latents to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -15,10 +15,9 @@ from ddim.cli._common import (
     check_count,
     check_image_memory,
     check_seeds,
-    load_for_sampling,
-    model_record,
-    model_settings,
+    model_from_flags,
     picture_output,
+    settings_from_flags,
 )
 from ddim.errors import DdimError
 from ddim.progress import progress_bar
@@ -79,31 +78,26 @@ def _endpoints(args, config) -> tuple[torch.Tensor | None, dict]:
     return endpoint_images(args, config)
 
 
-def strips(args, eps_model, betas, config, device, steps: int, skip: str,
-           endpoints: torch.Tensor | None) -> list[torch.Tensor]:
+def strips(args, model, sampler, shape, endpoints: torch.Tensor | None) -> list[torch.Tensor]:
     """One uint8 strip (num, C, H, W) per pair of seeds or of `endpoints` images."""
-    from ddim.data import to_model_range, to_uint8
-    from ddim.diffusion.samplers import interpolate
-    from ddim.experiments.paper import interpolate_latents, seed_latents
+    from ddim.sampling.runners import interpolate_images, interpolate_latents
+    from ddim.sampling.seeds import seed_latents
 
-    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     rows = []
     if endpoints is None:
         for a, b in progress_bar(_pairs(args.seeds, "--seeds"), desc="interpolating", unit="pair"):
-            z = seed_latents([a, b], shape, device)
-            rows.append(interpolate_latents(eps_model, z[0], z[1], betas, num=args.num,
-                                            steps=steps, skip=skip).cpu())
+            z = seed_latents([a, b], shape, model.device)
+            rows.append(interpolate_latents(model.eps_model, sampler, z[0], z[1], args.num).cpu())
         return rows
-    x = to_model_range(endpoints.to(device))
-    for k in progress_bar(range(0, len(x), 2), desc="interpolating", unit="pair"):
-        path = interpolate(eps_model, x[k], x[k + 1], betas, steps=steps, skip=skip, num=args.num)
-        rows.append(to_uint8(path).cpu())
+    pairs = endpoints.to(model.device)
+    for k in progress_bar(range(0, len(pairs), 2), desc="interpolating", unit="pair"):
+        path = interpolate_images(model.eps_model, sampler, pairs[k : k + 2], args.num)
+        rows.append(path.cpu())
     return rows
 
 
 def run(args) -> int:
     """Write the interpolation strips as one PNG grid and a JSON record beside it."""
-    from ddim.diffusion.schedule import timesteps
     from ddim.files import claim_output, write_text
     from ddim.images import save_grid
 
@@ -113,28 +107,25 @@ def run(args) -> int:
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
     output, record_path = picture_output(args.out)
-    eps_model, config, device, precision, _, _ = load_for_sampling(args)
-    betas = config.diffusion.betas()
-    steps = config.sampling.steps if args.steps is None else args.steps
-    skip = args.skip or config.sampling.skip
-    seq = timesteps(len(betas), steps, skip)
-    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    model = model_from_flags(args)
+    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    sampler, shape = settings.sampler, settings.shape
     pairs = len(args.seeds or args.indices or args.images) // 2
     check_image_memory(args.num * max(pairs, 1), shape, "--num", bytes_per_value=4)
-    endpoints, source = _endpoints(args, config)
-    settings = {**model_settings(args, config, precision), **source, "num": args.num,
-                "steps": steps, "skip": skip}
-    with claim_output(output, settings, overwrite=args.overwrite):
-        rows = strips(args, eps_model, betas, config, device, steps, skip, endpoints)
+    endpoints, source = _endpoints(args, model.config)
+    recorded = {**model.settings(), **source, "num": args.num, "steps": sampler.steps,
+                "skip": sampler.skip}  # fmt: skip
+    with claim_output(output, recorded, overwrite=args.overwrite):
+        rows = strips(args, model, sampler, shape, endpoints)
         save_grid(torch.cat(rows), args.out, nrow=args.num)
         record = {
-            **model_record(args, config, device, precision),
+            **model.record(),
             "seeds": args.seeds, "images": args.images, "indices": args.indices,
-            "subdir": args.subdir, "num": args.num, "steps": steps, "skip": skip,
-            "timesteps": seq, "eta": 0.0,
+            "subdir": args.subdir, "num": args.num, "steps": sampler.steps, "skip": sampler.skip,
+            "timesteps": list(sampler.timesteps), "eta": 0.0,
             "latents": "seeds: x_T drawn per seed as `ddim sample`; images: DDIM encoding",
             "interpolation": "slerp, alpha = linspace(0, 1, num)",
-        }
+        }  # fmt: skip
         write_text(record_path, json.dumps(record, indent=2))
     print(f"wrote {len(rows)} strip(s) of {args.num} to {args.out}", file=sys.stderr)
     return 0

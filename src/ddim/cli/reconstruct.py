@@ -10,15 +10,13 @@ from pathlib import Path
 import torch
 
 from ddim.cli._common import (
-    SELECTION,
     add_images_arguments,
     add_model_arguments,
     add_ode_arguments,
     add_overwrite_argument,
-    dataset_images,
-    load_ode_run,
-    model_record,
-    model_settings,
+    check_count,
+    model_from_flags,
+    settings_from_flags,
 )
 from ddim.progress import progress_bar
 
@@ -42,27 +40,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Reconstruct --n images at each S; print and write the MSE table, JSON record and grid."""
+    from ddim.data import SELECTION
     from ddim.experiments.paper import reconstruction_study
     from ddim.files import claim_output, folder_output
+    from ddim.sampling.inputs import select_images
 
-    eps_model, config, device, precision, betas, steps, skip, _ = load_ode_run(args)
-    images, indices, dataset = dataset_images(args, config)
-    settings = {**model_settings(args, config, precision),
-                "images": json.loads(dataset.fingerprint()), "n": len(images),
-                "selection": SELECTION, "steps": steps,
-                "skip": skip, "show": args.show}
+    check_count(args.show, "--show")
+    model = model_from_flags(args)
+    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip
+    chosen = select_images(args.images, subdir=args.subdir, n=args.n, resolution=settings.shape[1])
+    images = chosen.images
+    recorded = {**model.settings(), "images": chosen.dataset, "n": len(images),
+                "selection": SELECTION, "steps": steps, "skip": skip, "show": args.show}
     output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
-    with claim_output(output, settings, overwrite=args.overwrite):
+    with claim_output(output, recorded, overwrite=args.overwrite):
         with progress_bar(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
             rows, recs = reconstruction_study(
-                eps_model, images, betas, steps, skip=skip,
-                batch=args.batch or config.sampling.batch_size, device=device,
-                progress=bar.update,
-            )
+                model.eps_model, images, settings.samplers, batch=settings.batch,
+                device=model.device, progress=bar.update,
+            )  # fmt: skip
         record = {
-            **model_record(args, config, device, precision),
+            **model.record(),
             "images": str(args.images), "subdir": args.subdir, "n": len(images),
-            "indices": indices, "skip": skip, "eta": 0.0, "clip_x0": False,
+            "indices": chosen.indices, "skip": skip, "eta": 0.0, "clip_x0": False,
             "mse": "mean over images and dimensions of ((x_rec+1)/2 - (x+1)/2)^2, float outputs "
                    "before uint8 rounding, x = uint8/127.5 - 1",
             "grid": "row 0: originals; then one row per S, in the order of 'results'",

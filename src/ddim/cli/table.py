@@ -11,12 +11,9 @@ from ddim.cli._common import (
     add_model_arguments,
     add_overwrite_argument,
     add_skip_argument,
-    check_count,
     check_seeds,
-    load_for_sampling,
-    model_record,
+    model_from_flags,
 )
-from ddim.diffusion.samplers import check_eta
 from ddim.errors import DdimError
 from ddim.progress import progress_bar
 
@@ -52,24 +49,24 @@ def default_skip(config) -> str:
     return "quad" if config.data.dataset.upper() == "CIFAR10" else "uniform"
 
 
-def table_settings(args, config, device, precision, ref_stats, skip: str) -> dict:
+def table_settings(args, model, ref_stats, skip: str) -> dict:
     """Every run-wide choice that changes the numbers; a stored cell is reused only if equal."""
     from ddim.files import file_sha256
 
-    record = model_record(args, config, device, precision)
     return {
-        **record, "device": device.type, "n": args.n, "seeds": [args.seed, args.seed + args.n - 1],
+        **model.record(), "device": model.device.type, "n": args.n,
+        "seeds": [args.seed, args.seed + args.n - 1],
         "skip": skip, "skip_at_S_equal_T": "uniform (all T steps)",
         "clip_x0": "off for DDIM, on for DDPM sigma_hat (the official code)",
         "reference": {"path": str(args.ref), "sha256": file_sha256(args.ref), "n": ref_stats.n,
                       "source": ref_stats.source, "network_sha256": ref_stats.network_sha256,
                       "convention": ref_stats.convention},
-        "config": config.to_dict(),
-    }
+        "config": model.config.to_dict(),
+    }  # fmt: skip
 
 
 def _check(args) -> None:
-    """Reject bad values before loading anything."""
+    """Reject bad counts before loading anything."""
     from ddim.fid import FEATURE_DIM
     from ddim.files import check_fits_in_memory
 
@@ -77,44 +74,45 @@ def _check(args) -> None:
         raise DdimError(f"--n must be >= 2 for a covariance, got {args.n}")
     check_seeds(args.seed, args.n)
     check_fits_in_memory(args.n * FEATURE_DIM * 8, f"--n {args.n} (Inception features)")
-    for eta in args.etas:
-        check_eta(eta, "--etas")
-    if args.batch is not None:
-        check_count(args.batch, "--batch")
 
 
 def run(args) -> int:
-    """Score each missing cell, saving table.json, table.md and the plot after every one."""
-    from ddim.diffusion.schedule import timesteps
-    from ddim.experiments.paper import resume_record, run_table, table_markdown, table_specs
+    """Score each missing cell, saving table.json, table.md and the plot after every one.
+
+    The cells are decided once, here: a sampler per (η, S) and per σ̂ cell, over τ computed once
+    per S, then scored in turn.
+    """
+    from ddim.experiments.paper import resume_record, run_table, table_cells, table_markdown
     from ddim.fid import check_resolution, compute_fid, load_stats
     from ddim.files import claim_output, folder_output
-    from ddim.generate import iterate_images
+    from ddim.sampling.runners import iterate_images
+    from ddim.sampling.settings import SamplingSettings, batch_size, image_shape
 
     _check(args)
-    ref_stats = load_stats(args.ref)
-    eps_model, config, device, precision, _, _ = load_for_sampling(args)
-    check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
-    betas, T = config.diffusion.betas(), config.diffusion.num_diffusion_timesteps
+    model = model_from_flags(args)
+    config = model.config
     skip = args.skip or default_skip(config)
-    for S in args.steps:
-        timesteps(T, S, skip)  # validates every S before any work
-    specs = table_specs(args.steps, args.etas if args.etas else [], args.sigma_hat, skip, T)
-    batch = args.batch or config.sampling.batch_size
+    cells = table_cells(config.diffusion.betas(), args.steps, args.etas or [], args.sigma_hat,
+                        skip)  # fmt: skip
+    settings = SamplingSettings(tuple(cell.sampler for cell in cells),
+                                batch_size(config, args.batch), image_shape(config))
+    ref_stats = load_stats(args.ref)
+    check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     seeds = list(range(args.seed, args.seed + args.n))
-    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
 
-    def score(spec) -> float:
-        images = iterate_images(eps_model, betas, spec, seeds, shape, batch=batch, device=device)
-        return compute_fid(images, ref_stats, device=device, batch_size=batch, total=args.n)
+    def score(sampler) -> float:
+        images = iterate_images(model.eps_model, sampler, seeds, settings.shape,
+                                batch=settings.batch, device=model.device)  # fmt: skip
+        return compute_fid(images, ref_stats, device=model.device, batch_size=settings.batch,
+                           total=args.n)  # fmt: skip
 
     out = Path(args.out)
-    settings = table_settings(args, config, device, precision, ref_stats, skip)
+    recorded = table_settings(args, model, ref_stats, skip)
     output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"))
-    with claim_output(output, settings, overwrite=args.overwrite):
-        record = resume_record(out / "table.json", settings)
-        with progress_bar(total=len(specs), unit="cell", desc="table") as bar:
-            record = run_table(specs, score, record, lambda r: write_outputs(r, out), T=T,
+    with claim_output(output, recorded, overwrite=args.overwrite):
+        record = resume_record(out / "table.json", recorded)
+        with progress_bar(total=len(cells), unit="cell", desc="table") as bar:
+            record = run_table(cells, score, record, lambda r: write_outputs(r, out),
                                progress=lambda key: (bar.set_postfix_str(key), bar.update(1)))
         write_outputs(record, out)
     print(table_markdown(record))

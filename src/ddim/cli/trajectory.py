@@ -10,11 +10,11 @@ from ddim.cli._common import (
     add_model_arguments,
     add_ode_arguments,
     add_overwrite_argument,
+    check_count,
     check_seeds,
-    load_ode_run,
-    model_record,
-    model_settings,
+    model_from_flags,
     picture_output,
+    settings_from_flags,
 )
 from ddim.progress import progress_bar
 
@@ -38,29 +38,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Decode the seed's x_T at each S and write the grid and a JSON record."""
-    from ddim.experiments.paper import pad_rows, seed_latents, shown_steps, trajectory_row
     from ddim.files import claim_output, write_text
     from ddim.images import save_grid
+    from ddim.sampling.runners import pad_rows, shown_steps, trajectory_row
+    from ddim.sampling.seeds import seed_latents
 
     check_seeds(args.seed, 1)
+    check_count(args.show, "--show")
     output, record_path = picture_output(args.out)
-    eps_model, config, device, precision, betas, steps, skip, seqs = load_ode_run(args)
-    settings = {**model_settings(args, config, precision), "seed": args.seed, "steps": steps,
-                "skip": skip, "show": args.show}
-    with claim_output(output, settings, overwrite=args.overwrite):
-        shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
-        x_T = seed_latents([args.seed], shape, device)
-        rows = [trajectory_row(eps_model, x_T, betas, steps=S, skip=skip, show=args.show)
-                for S in progress_bar(steps, desc="trajectories", unit="S")]
+    model = model_from_flags(args)
+    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip
+    recorded = {**model.settings(), "seed": args.seed, "steps": steps, "skip": skip,
+                "show": args.show}  # fmt: skip
+    with claim_output(output, recorded, overwrite=args.overwrite):
+        x_T = seed_latents([args.seed], settings.shape, model.device)
+        rows = [trajectory_row(model.eps_model, sampler, x_T, args.show)
+                for sampler in progress_bar(settings.samplers, desc="trajectories", unit="S")]
         grid, width = pad_rows(rows)
         save_grid(grid, args.out, nrow=width)
         record = {
-            **model_record(args, config, device, precision), "seed": args.seed, "steps": steps,
-            "skip": skip, "eta": 0.0, "show": args.show,
-            "shown_step_indices": {S: shown_steps(len(q), args.show) for S, q in zip(steps, seqs)},
-            "timesteps": {S: seq for S, seq in zip(steps, seqs)},
+            **model.record(), "seed": args.seed, "steps": steps, "skip": skip, "eta": 0.0,
+            "show": args.show,
+            "shown_step_indices": {s.steps: shown_steps(s.network_calls, args.show)
+                                   for s in settings.samplers},
+            "timesteps": {s.steps: list(s.timesteps) for s in settings.samplers},
             "grid": "one row per S: predicted x0 after the shown steps, then the final image",
-        }
+        }  # fmt: skip
         write_text(record_path, json.dumps(record, indent=2))
     print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
     return 0

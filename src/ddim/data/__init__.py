@@ -10,6 +10,7 @@
 from ddim.data.batches import epoch_order, infinite_batches
 from ddim.data.cache import load_all
 from ddim.data.datasets import (
+    SELECTION,
     ImageDataset,
     load_image_files,
     open_dataset,
@@ -19,6 +20,7 @@ from ddim.data.datasets import (
 from ddim.data.pixels import fit_image, to_model_range, to_uint8
 
 __all__ = [
+    "SELECTION",
     "ImageDataset",
     "epoch_order",
     "fit_image",

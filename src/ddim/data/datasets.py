@@ -473,6 +473,10 @@ def load_image_files(paths: Sequence[str | Path], resolution: int) -> torch.Tens
     return torch.stack(images)
 
 
+# How `spread_indices` picks n items (recorded with the outputs that depend on it).
+SELECTION = "evenly spread: indices k*size//n"
+
+
 def spread_indices(size: int, n: int | None) -> list[int]:
     """n indices evenly spread over range(size), ⌊k·size/n⌋ for k < n (all of them when n is None
     or ≥ size). Datasets stored class by class (CIFAR-10's class folders) keep every class in

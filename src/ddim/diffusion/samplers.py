@@ -11,9 +11,15 @@ Notation (DDIM paper, Song, Meng & Ermon 2021; its α_t is DDPM's ᾱ_t):
     eta             η: 0 = deterministic DDIM, 1 = DDPM-equivalent
 
 Every sampler is one walk over adjacent pairs of one explicit timestep array (−1, τ_1, …, τ_S):
-a *plan* lists, for each step, both endpoints and the σ's; `walk` applies the one update of eq. 12
-to each pair. Sampling walks the pairs downward; encoding walks the same pairs upward with the
-endpoints swapped and σ = 0 (eqs. 13/14). No step re-derives its neighbour by arithmetic.
+a *plan* lists, for each step, both endpoints and the σ's; `walk` applies a step function to each
+pair, eq. 12 (`generalized_step`) unless told otherwise. Sampling walks the pairs downward;
+encoding walks the same pairs upward with the endpoints swapped and σ = 0 (eqs. 13/14,
+`reverse_plan`). No step re-derives its neighbour by arithmetic.
+
+Adding a solver: write its step as a free function with `generalized_step`'s signature beside it
+(a multistep solver such as DPM-Solver++(2M) reads `previous`, the step before and the x_0 it
+predicted), and give it an entry in `ddim.sampling.settings.SAMPLERS`, where the commands build
+their plans.
 
 The plan is computed once in float64 on the host and holds Python floats, so the loop makes no
 host-device copies and no host syncs; intermediates stay on the device.
@@ -53,6 +59,20 @@ class PlanStep:
 
 
 @dataclass(frozen=True)
+class Previous:
+    """What a step function sees of the step before it: that step and the x_0 it predicted."""
+
+    step: PlanStep
+    x0_pred: torch.Tensor
+
+
+# The step a walk applies to each pair of its plan:
+#     update(x_t, eps, step, noise, *, clip_x0, previous) -> (x_to, x0_pred)
+# `generalized_step` (eq. 12) is the one every sampler here uses.
+StepFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class Step:
     """What a walk yields after each step: the new x and the x_0 predicted on the way."""
 
@@ -72,9 +92,9 @@ def check_eta(eta: float, name: str = "eta") -> float:
     η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0).
     """
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise DdimError(f"{name}={eta!r} must be a number")
+        raise DdimError(f"{name}={eta!r} must be a number", argument=name)
     if not (math.isfinite(eta) and eta >= 0):
-        raise DdimError(f"{name}={eta!r} must be finite and >= 0")
+        raise DdimError(f"{name}={eta!r} must be finite and >= 0", argument=name)
     return float(eta)
 
 
@@ -92,12 +112,14 @@ def generalized_step(
     noise: torch.Tensor | None = None,
     *,
     clip_x0: bool = False,
+    previous: Previous | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of DDIM eq. 12 from ᾱ_from to ᾱ_to; returns (x_to, x0_pred).
 
     With ᾱ_to > ᾱ_from (encoding, σ = 0) the same formula is the Euler step of eq. 14 run upward.
     `clip_x0` clamps x0_pred to [−1, 1] and re-derives ε from it, which turns eq. 12 at η = 1 into
-    the DDPM posterior mean with a clipped x_0 (the official `ddpm_noisy` path).
+    the DDPM posterior mean with a clipped x_0 (the official `ddpm_noisy` path). Eq. 12 is a
+    one-step method: `previous` (what multistep solvers read) is not used.
     """
     a_from, a_to = step.alpha_bar_from, step.alpha_bar_to
     eps = eps.to(x_t.dtype)
@@ -151,7 +173,8 @@ def ddpm_plan(betas: torch.Tensor, seq: Sequence[int], variance: str = "small") 
     no noise (the official code masks it at t = 0).
     """
     if variance not in ("small", "large"):
-        raise DdimError(f"variance must be 'small' or 'large', got {variance!r}")
+        raise DdimError(f"variance must be 'small' or 'large', got {variance!r}",
+                        argument="variance")
     steps = []
     for t, s, a_t, a_s in _pairs(betas, seq):
         sigma = ddim_sigma(a_t, a_s, 1.0)
@@ -162,15 +185,20 @@ def ddpm_plan(betas: torch.Tensor, seq: Sequence[int], variance: str = "small") 
 
 
 def encode_plan(betas: torch.Tensor, seq: Sequence[int]) -> list[PlanStep]:
-    """The deterministic sampler's pairs walked upward, endpoints swapped (DDIM eqs. 13/14).
+    """The deterministic sampler's pairs over τ = `seq` walked upward (DDIM eqs. 13/14)."""
+    return reverse_plan(ddim_plan(betas, seq, 0.0))
+
+
+def reverse_plan(plan: Sequence[PlanStep]) -> list[PlanStep]:
+    """A downward plan's pairs walked upward, endpoints swapped and σ = 0 (DDIM eqs. 13/14).
 
     The network sees the current point x_τi−1 with the label of the pair's upper end τ_i, as it
     does in the downward walk: the network is not defined at t = −1, and the labels match the
     sampler's, so encoding and decoding each make S calls at the same timesteps.
     """
     return [
-        PlanStep(s, t, t, a_s, a_t, sigma=0.0, noise_sigma=0.0)
-        for t, s, a_t, a_s in reversed(_pairs(betas, seq))
+        PlanStep(s.t_to, s.t_from, s.t_model, s.alpha_bar_to, s.alpha_bar_from)
+        for s in reversed(plan)
     ]
 
 
@@ -205,13 +233,15 @@ def walk(
     *,
     generator: Generator = None,
     clip_x0: bool = False,
+    update: StepFunction = generalized_step,
 ) -> Iterator[Step]:
-    """Apply eq. 12 along `plan`, yielding each step's x and x0_pred (on the device, not copied).
+    """Apply `update` (eq. 12) along `plan`, yielding each step's x and x0_pred (on the device,
+    not copied).
 
     No autograd graph is kept, whatever the model: each step runs under `torch.no_grad()`, so a
     network with trainable weights holds one step's activations at a time, not all S steps'.
     """
-    x = x.detach()
+    x, previous = x.detach(), None
     for index, step in enumerate(plan):
         with torch.no_grad():
             t = torch.full((x.shape[0],), step.t_model, device=x.device, dtype=torch.long)
@@ -219,7 +249,8 @@ def walk(
             noise = None
             if step.noise_sigma > 0:
                 noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
-            x, x0_pred = generalized_step(x, eps, step, noise, clip_x0=clip_x0)
+            x, x0_pred = update(x, eps, step, noise, clip_x0=clip_x0, previous=previous)
+        previous = Previous(step, x0_pred)
         yield Step(index, step.t_from, step.t_to, x, x0_pred)
 
 

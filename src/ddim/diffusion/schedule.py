@@ -100,7 +100,7 @@ def timesteps(num_timesteps: int, steps: int | Sequence[int], skip: str = "unifo
     if not isinstance(steps, int):
         return _check_explicit(T, list(steps))
     if isinstance(steps, bool) or steps < 1 or steps > T:
-        raise DdimError(f"steps must be between 1 and T = {T}, got {steps}")
+        raise DdimError(f"steps must be between 1 and T = {T}, got {steps}", argument="steps")
     if skip == "uniform":
         return [i * T // steps for i in range(steps)]
     if skip == "trailing":

@@ -28,22 +28,21 @@ from PIL import Image
 
 from ddim.checkpoint import load_model
 from ddim.config import Config, apply_overrides, load_config
-from ddim.data import to_uint8
 from ddim.data.shapes import shapes
 from ddim.device import native_bf16
-from ddim.diffusion.samplers import generators_from_seeds, randn, sample, slerp_path
-from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
 from ddim.experiments import pixel_metrics as pm
-from ddim.experiments.demo_report import SAMPLERS, Sampler, report_blocks
+from ddim.experiments.demo_report import SAMPLERS, SamplerRow, report_blocks
 from ddim.experiments.paper import reconstruction_study
 from ddim.experiments.report import write_report
 from ddim.fid import statistics
 from ddim.files import write_text
-from ddim.generate import SamplerSpec, iterate_images
 from ddim.images import grid
 from ddim.network.precision import eps_model_for, sampling_precision
 from ddim.progress import progress_bar
+from ddim.sampling.runners import interpolate_latents, iterate_images
+from ddim.sampling.seeds import seed_latents
+from ddim.sampling.settings import Sampler, build_sampler
 from ddim.training import train
 
 HELD_OUT = 1_000_003  # held-out shapes: seed + HELD_OUT, a stream apart from training
@@ -193,10 +192,14 @@ class _Evaluation:
         self.stats_long = statistics(pm.pixel_features(reference[: settings.long_eval_images]))
         self.images: dict[tuple[str, int], torch.Tensor] = {}
 
-    def _sample(self, spec: SamplerSpec, seeds: list[int]) -> tuple[torch.Tensor, float]:
+    def _sampler(self, row: SamplerRow, S: int) -> Sampler:
+        """The row's sampler over S uniform steps."""
+        return build_sampler(self.betas, S, "uniform", row.sampler, **dict([row.option]))
+
+    def _sample(self, sampler: Sampler, seeds: list[int]) -> tuple[torch.Tensor, float]:
         """uint8 images for `seeds` and the seconds they took."""
         start = time.perf_counter()
-        batches = iterate_images(self.eps_model, self.betas, spec, seeds, (3, SIZE, SIZE),
+        batches = iterate_images(self.eps_model, sampler, seeds, (3, SIZE, SIZE),
                                  batch=self.settings.sample_batch, device=self.device)
         images = torch.cat([b.cpu() for b in batches])
         return images, time.perf_counter() - start
@@ -215,29 +218,29 @@ class _Evaluation:
         cells = []
         with progress_bar(total=len(SAMPLERS) * len(s.sampler_steps), unit="cell", desc="samplers",
                   disable=not self.progress) as bar:  # fmt: skip
-            for sampler in SAMPLERS:
+            for row in SAMPLERS:
                 for S in s.sampler_steps:
-                    cells.append(self._cell(sampler, S))
-                    bar.set_postfix_str(f"{sampler.tag} S={S}")
+                    cells.append(self._cell(row, S))
+                    bar.set_postfix_str(f"{row.tag} S={S}")
                     bar.update(1)
         return cells
 
-    def _cell(self, sampler: Sampler, S: int) -> Cell:
+    def _cell(self, row: SamplerRow, S: int) -> Cell:
         """Sample, time and score one cell; S = 1000 uses fewer images (it is 10× slower)."""
         s = self.settings
         long = S >= 1000
         n = s.long_eval_images if long else s.eval_images
-        spec = SamplerSpec(**{**asdict(sampler.spec), "steps": S})
-        images, seconds = self._sample(spec, list(range(n)))
-        self.images[(sampler.tag, S)] = images
-        name = f"samples-{sampler.tag}-S{S:04d}.png"
+        sampler = self._sampler(row, S)
+        images, seconds = self._sample(sampler, list(range(n)))
+        self.images[(row.tag, S)] = images
+        name = f"samples-{row.tag}-S{S:04d}.png"
         _save(images[: s.grid_images], self.out / name)
         reference = self.reference[:n]
         precision, recall = pm.precision_recall(images, reference)
-        cell = Cell(sampler.label, S, n, len(timesteps(len(self.betas), S, spec.skip)),
+        cell = Cell(row.label, S, n, sampler.network_calls,
                     seconds / n, pm.pixel_fd(images, self.stats_long if long else self.stats),
                     precision, recall, pm.saturated_fraction(images), name)  # fmt: skip
-        shorter = self.images.get((sampler.tag, 100))
+        shorter = self.images.get((row.tag, 100))
         if long and shorter is not None:  # the same seeds at S = 100, scored at the same N
             cell.pixel_fd_at_long_n = pm.pixel_fd(shorter[:n], self.stats_long)
         return cell
@@ -250,7 +253,7 @@ class _Evaluation:
         for S in s.consistency_steps:
             images = self.images.get(("ddim", S))
             if images is None:
-                images, spent = self._sample(SamplerSpec(steps=S), list(range(n)))
+                images, spent = self._sample(self._sampler(SAMPLERS[0], S), list(range(n)))
                 seconds[S] = spent
             rows.append(images[:n])
         _save(torch.cat(rows), self.out / "consistency.png", nrow=n)
@@ -262,27 +265,25 @@ class _Evaluation:
     def interpolation(self) -> dict:
         """Rows of DDIM (η = 0) decodes along slerp(x_T(seed 2i), x_T(seed 2i+1), α)."""
         s = self.settings
-        generators = generators_from_seeds(range(2 * s.strips), self.device)
-        x_T = randn((2 * s.strips, 3, SIZE, SIZE), generators, device=self.device)
+        sampler = self._sampler(SAMPLERS[0], s.detail_steps)
+        x_T = seed_latents(range(2 * s.strips), (3, SIZE, SIZE), self.device)
         start, rows = time.perf_counter(), []
         for i in range(s.strips):
-            z = slerp_path(x_T[2 * i], x_T[2 * i + 1], s.interpolation)
-            x_0 = sample(self.eps_model, z, self.betas, steps=s.detail_steps, eta=0.0)
-            rows.append(to_uint8(x_0).cpu())
+            strip = interpolate_latents(self.eps_model, sampler, x_T[2 * i], x_T[2 * i + 1],
+                                        s.interpolation)  # fmt: skip
+            rows.append(strip.cpu())
         _save(torch.cat(rows), self.out / "interpolation.png", nrow=s.interpolation)
-        calls = len(timesteps(len(self.betas), s.detail_steps, "uniform"))
         return {"grid": "interpolation.png", "images": s.strips * s.interpolation,
-                "network_calls": calls * s.strips * s.interpolation,
+                "network_calls": sampler.network_calls * s.strips * s.interpolation,
                 "seconds": time.perf_counter() - start}  # fmt: skip
 
     def reconstruction(self) -> dict:
         """Encode → decode held-out shapes at each S (Table 2's shape); MSE on [0, 1]."""
         s = self.settings
         originals = self.held_out[: s.reconstructions]
-        rows, recs = reconstruction_study(
-            self.eps_model, originals, self.betas, s.reconstruction_steps, skip="uniform",
-            batch=s.sample_batch, device=self.device,
-        )
+        samplers = [self._sampler(SAMPLERS[0], S) for S in s.reconstruction_steps]
+        rows, recs = reconstruction_study(self.eps_model, originals, samplers,
+                                          batch=s.sample_batch, device=self.device)
         shown = min(10, len(originals))
         _save(torch.cat([originals[:shown], *(r[:shown] for r in recs)]),
               self.out / "reconstruction.png", nrow=shown)  # fmt: skip

@@ -5,32 +5,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ddim.experiments.paper import PAPER_STEPS, PAPER_TABLE1_CIFAR10, PAPER_TABLE2_CIFAR10
 from ddim.experiments.pixel_metrics import SATURATION
 from ddim.experiments.report import Panel, save_plot
-from ddim.generate import SamplerSpec
 
 
 @dataclass(frozen=True)
-class Sampler:
-    """A row of the quality table: a label, a file-name tag, its spec (S set per cell), the
-    paper's Table 1 row, and what it does."""
+class SamplerRow:
+    """A row of the quality table: a label, a file-name tag, the sampler (a name of
+    `ddim.sampling.SAMPLERS` and its option; S is set per cell), the paper's Table 1 row, and what
+    it does."""
 
     label: str
     tag: str
-    spec: SamplerSpec
+    sampler: str
+    option: tuple[str, Any]
     paper_row: str
     note: str
 
 
 SAMPLERS = (
-    Sampler("DDIM, η = 0", "ddim", SamplerSpec(eta=0.0), "eta=0.0",
-            "eq. 12 with σ = 0, deterministic; x0 not clipped"),
-    Sampler("DDIM, η = 1", "eta1", SamplerSpec(eta=1.0), "eta=1.0",
-            "eq. 12 with σ(η = 1) of eq. 16, DDPM's posterior variance; x0 not clipped"),
-    Sampler("DDPM, σ̂", "ddpm", SamplerSpec(kind="ddpm", variance="large"), "sigma_hat",
-            "ancestral sampling with variance β (the paper's σ̂); x0 clipped to [−1, 1]"),
+    SamplerRow("DDIM, η = 0", "ddim", "ddim", ("eta", 0.0), "eta=0.0",
+               "eq. 12 with σ = 0, deterministic; x0 not clipped"),
+    SamplerRow("DDIM, η = 1", "eta1", "ddim", ("eta", 1.0), "eta=1.0",
+               "eq. 12 with σ(η = 1) of eq. 16, DDPM's posterior variance; x0 not clipped"),
+    SamplerRow("DDPM, σ̂", "ddpm", "ddpm", ("variance", "large"), "sigma_hat",
+               "ancestral sampling with variance β (the paper's σ̂); x0 clipped to [−1, 1]"),
 )  # fmt: skip
 
 

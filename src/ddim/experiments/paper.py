@@ -1,35 +1,27 @@
-"""The paper's experiments as library functions: encoding, reconstruction (Table 2), latent
-interpolation (App. D.5), sample consistency across S (Figs. 4/5) and the FID grid (Table 1).
+"""The paper's experiments as library functions: reconstruction error against S (Table 2) and the
+FID grid of η and S (Table 1), with the paper's numbers beside ours.
 
-Images come in and go out as uint8 (N, C, H, W); `ddim.data` converts them to and from [−1, 1].
-Every function takes the network as `eps_model(x_t, t)`, the β's, and a device; nothing here reads
-files or flags except the few helpers that say so. The FID table takes its scorer as an argument,
-so its bookkeeping (cells, resuming, tables, the plot) runs without Inception.
+Images come in and go out as uint8 (N, C, H, W). The samplers are built once by the command
+(`ddim.sampling.settings`) and applied by the runners of `ddim.sampling.runners`; nothing here
+reads files or flags except the few helpers that say so. The FID table takes its scorer as an
+argument, so its bookkeeping (cells, resuming, tables, the plot) runs without Inception.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ddim.data import to_model_range, to_uint8
 from ddim.diffusion.eps_model import EpsModel
-from ddim.diffusion.samplers import (
-    generators_from_seeds,
-    randn,
-    reconstruct,
-    sample,
-    slerp_path,
-)
 from ddim.diffusion.schedule import timesteps
-from ddim.errors import DdimError
-from ddim.generate import SamplerSpec
+from ddim.sampling.runners import reconstruct_images
+from ddim.sampling.settings import Sampler, build_sampler
 
 # The paper's CIFAR-10 FIDs (Song, Meng & Ermon, ICLR 2021, Table 1, CIFAR10 (32 × 32) columns),
 # for S = 10, 20, 50, 100, 1000; η = 1.0 and σ̂ are DDPM with β̃ and with β = σ̂.
@@ -47,55 +39,7 @@ PAPER_TABLE2_CIFAR10 = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0
                         1000: 0.0001}
 
 
-# --- batches ----------------------------------------------------------------------------------
-
-
-def _batches(n: int, batch: int) -> Iterator[slice]:
-    """Slices of `batch` consecutive items covering range(n)."""
-    if batch < 1:
-        raise DdimError(f"--batch must be >= 1, got {batch}")
-    return (slice(s, min(s + batch, n)) for s in range(0, n, batch))
-
-
-# --- encoding and reconstruction (Table 2) -----------------------------------------------------
-
-
-def _over_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    *,
-    batch: int,
-    device: torch.device | str,
-    progress: Callable[[int], None] | None,
-) -> torch.Tensor:
-    """`fn` applied to uint8 images batch by batch, in the model's range on `device`; on the CPU."""
-    out = []
-    for part in _batches(len(images), batch):
-        x_0 = to_model_range(images[part].to(device))
-        out.append(fn(x_0).cpu())
-        if progress is not None:
-            progress(len(x_0))
-    return torch.cat(out)
-
-
-def ode_images(
-    walk: Callable,
-    eps_model: EpsModel,
-    images: torch.Tensor,
-    betas: torch.Tensor,
-    *,
-    steps: int,
-    skip: str,
-    batch: int,
-    device: torch.device | str,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """`walk` (`encode`: x_T by the ODE run upward, eqs. 13/14; `reconstruct`: encode then decode
-    with η = 0, Table 2) applied to uint8 images batch by batch; float32 on the CPU."""
-    return _over_batches(
-        lambda x_0: walk(eps_model, x_0, betas, steps=steps, skip=skip),
-        images, batch=batch, device=device, progress=progress,
-    )
+# --- reconstruction (Table 2) ------------------------------------------------------------------
 
 
 def reconstruction_mse(x: torch.Tensor, x_rec: torch.Tensor) -> float:
@@ -107,31 +51,27 @@ def reconstruction_mse(x: torch.Tensor, x_rec: torch.Tensor) -> float:
 def reconstruction_study(
     eps_model: EpsModel,
     images: torch.Tensor,
-    betas: torch.Tensor,
-    steps_list: Sequence[int],
+    samplers: Sequence[Sampler],
     *,
-    skip: str,
     batch: int,
     device: torch.device | str,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict], list[torch.Tensor]]:
-    """For each S: MSE, network calls per image (2 × |τ|), seconds; and the uint8 reconstructions.
+    """For each deterministic sampler (one per S): MSE, network calls per image (2 × |τ|),
+    seconds; and the uint8 reconstructions.
 
     The MSE is computed on the float reconstructions, before rounding to uint8, against the
     dequantised originals x = u / 127.5 − 1.
     """
     x = to_model_range(images)
     rows, recs = [], []
-    for S in steps_list:
+    for sampler in samplers:
         start = time.perf_counter()
-        x_rec = ode_images(
-            reconstruct, eps_model, images, betas, steps=S, skip=skip, batch=batch,
-            device=device, progress=progress,
-        )
+        x_rec = reconstruct_images(eps_model, sampler, images, batch=batch, device=device,
+                                   progress=progress)  # fmt: skip
         seconds = time.perf_counter() - start
-        calls = 2 * len(timesteps(len(betas), S, skip))
-        rows.append({"steps": S, "mse": reconstruction_mse(x, x_rec), "network_calls": calls,
-                     "seconds": seconds})
+        rows.append({"steps": sampler.steps, "mse": reconstruction_mse(x, x_rec),
+                     "network_calls": 2 * sampler.network_calls, "seconds": seconds})
         recs.append(to_uint8(x_rec))
     return rows, recs
 
@@ -151,111 +91,63 @@ def reconstruction_markdown(rows: Sequence[dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- interpolation (App. D.5) ------------------------------------------------------------------
-
-
-def seed_latents(seeds: Sequence[int], shape: Sequence[int], device) -> torch.Tensor:
-    """x_T of `seeds` exactly as `ddim sample` draws them (one generator per seed)."""
-    return randn((len(seeds), *shape), generators_from_seeds(seeds, device), device=device)
-
-
-def interpolate_latents(
-    eps_model: EpsModel,
-    z0: torch.Tensor,
-    z1: torch.Tensor,
-    betas: torch.Tensor,
-    *,
-    num: int,
-    steps: int,
-    skip: str,
-) -> torch.Tensor:
-    """Decode the slerp path between two x_T with deterministic DDIM; uint8 (num, C, H, W)."""
-    path = slerp_path(z0, z1, num)
-    return to_uint8(sample(eps_model, path, betas, steps=steps, skip=skip, eta=0.0))
-
-
-# --- consistency across S (Figs. 4/5) ----------------------------------------------------------
-
-
-def shown_steps(num_steps: int, show: int) -> list[int]:
-    """`show` step indices evenly spaced over 0..num_steps−1 (distinct, first and last kept)."""
-    if show < 1:
-        raise DdimError(f"--show must be >= 1, got {show}")
-    picks = np.linspace(0, num_steps - 1, min(show, num_steps)).round().astype(int)
-    return sorted(set(picks.tolist()))
-
-
-def trajectory_row(
-    eps_model: EpsModel,
-    x_T: torch.Tensor,
-    betas: torch.Tensor,
-    *,
-    steps: int,
-    skip: str,
-    show: int,
-) -> torch.Tensor:
-    """Predicted x_0 at `show` evenly spaced DDIM steps (η = 0), then the final image; uint8.
-
-    Only the shown predictions are kept (as uint8, on the device); the rest are dropped.
-    """
-    wanted = set(shown_steps(len(timesteps(len(betas), steps, skip)), show))
-    kept: list[torch.Tensor] = []
-
-    def keep(step) -> None:
-        if step.index in wanted:
-            kept.append(to_uint8(step.x0_pred))
-
-    x_0 = sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0, callback=keep)
-    return torch.cat([*kept, to_uint8(x_0)]).cpu()
-
-
-def pad_rows(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Stack rows of different lengths into one grid batch (blank cells at the ends), and width."""
-    width = max(len(r) for r in rows)
-    padded = []
-    for r in rows:
-        blank = torch.zeros((width - len(r), *r.shape[1:]), dtype=r.dtype)
-        padded.append(torch.cat([r, blank]))
-    return torch.cat(padded), width
-
-
 # --- the FID grid (Table 1) --------------------------------------------------------------------
 
 
-def row_label(spec: SamplerSpec) -> str:
-    """The Table 1 row a spec belongs to: "eta=0.5", or "sigma_hat" for DDPM with β."""
-    return "sigma_hat" if spec.kind == "ddpm" else f"eta={spec.eta:.1f}"
+# A cell's sampler as table.json records it: every field, those its sampler does not take at
+# these values (a stored cell is reused only when its record is equal).
+CELL_SAMPLER_FIELDS = {"eta": 0.0, "variance": "small"}
 
 
-def table_specs(
-    steps_list: Sequence[int], etas: Sequence[float], sigma_hat: bool, skip: str, T: int
-) -> list[SamplerSpec]:
-    """The Table 1 cells: DDIM(η) for each η and S, plus DDPM σ̂ rows if asked.
+@dataclass(frozen=True)
+class TableCell:
+    """One cell of Table 1: its row ("eta=0.5", or "sigma_hat" for DDPM with β) and its sampler."""
+
+    row: str
+    sampler: Sampler
+
+    @property
+    def key(self) -> str:
+        """A stable name for the cell in table.json."""
+        return f"{self.row},S={self.sampler.steps}"
+
+    def sampler_record(self) -> dict:
+        """The cell's sampler as table.json records it."""
+        s = self.sampler
+        fields = {**CELL_SAMPLER_FIELDS, **dict([s.option] if s.option else [])}
+        return {"steps": s.steps, "skip": s.skip, "eta": fields["eta"], "kind": s.name,
+                "variance": fields["variance"], "clip_x0": s.clip_x0}  # fmt: skip
+
+
+def table_cells(
+    betas: torch.Tensor, steps_list: Sequence[int], etas: Sequence[float], sigma_hat: bool,
+    skip: str,
+) -> list[TableCell]:  # fmt: skip
+    """The Table 1 cells: DDIM(η) for each η and S, plus DDPM σ̂ rows if asked; τ is computed once
+    per S and shared by its column.
 
     S = T walks all T steps (uniform), whatever `skip`: the paper's S = 1000 column is the full
     chain, which `quad` would not give (its grid stops at 0.8·T).
     """
-    specs = []
+    cells = []
     for S in steps_list:
-        cell_skip = "uniform" if S == T else skip
-        specs += [SamplerSpec(steps=S, skip=cell_skip, eta=float(eta)) for eta in etas]
+        cell_skip = "uniform" if S == len(betas) else skip
+        tau = tuple(timesteps(len(betas), S, cell_skip))
+        for eta in etas:
+            sampler = build_sampler(betas, S, cell_skip, "ddim", eta=float(eta), tau=tau)
+            cells.append(TableCell(f"eta={float(eta):.1f}", sampler))
         if sigma_hat:
-            specs.append(SamplerSpec(steps=S, skip=cell_skip, kind="ddpm", variance="large"))
-    return specs
-
-
-def cell_key(spec: SamplerSpec) -> str:
-    """A stable name for a cell in table.json."""
-    return f"{row_label(spec)},S={spec.steps}"
+            sampler = build_sampler(betas, S, cell_skip, "ddpm", variance="large", tau=tau)
+            cells.append(TableCell("sigma_hat", sampler))
+    return cells
 
 
 def run_table(
-    specs: Sequence[SamplerSpec],
-    score: Callable[[SamplerSpec], float],
+    cells: Sequence[TableCell],
+    score: Callable[[Sampler], float],
     record: dict,
     save: Callable[[dict], None],
     *,
-    T: int,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Score each cell not already in `record` with the same settings; save after every cell.
@@ -264,22 +156,22 @@ def run_table(
     `record` is {"settings": {...}, "cells": {key: {...}}}; a stored cell is reused only when the
     run-wide settings are equal and its sampler is the same.
     """
-    cells = record.setdefault("cells", {})
-    for spec in specs:
-        key, sampler = cell_key(spec), asdict(spec)
-        old = cells.get(key)
+    done = record.setdefault("cells", {})
+    for cell in cells:
+        key, sampler = cell.key, cell.sampler_record()
+        old = done.get(key)
         if old is not None and old.get("sampler") == sampler:
             if progress is not None:
                 progress(key)
             continue
         start = time.perf_counter()
-        fid = float(score(spec))
-        cells[key] = {
-            "row": row_label(spec), "steps": spec.steps, "fid": fid,
+        fid = float(score(cell.sampler))
+        done[key] = {
+            "row": cell.row, "steps": cell.sampler.steps, "fid": fid,
             "seconds": time.perf_counter() - start, "sampler": sampler,
-            "network_calls_per_image": spec.network_calls(T),
-            "timesteps": timesteps(T, spec.steps, spec.skip),
-        }
+            "network_calls_per_image": cell.sampler.network_calls,
+            "timesteps": list(cell.sampler.timesteps),
+        }  # fmt: skip
         save(record)
         if progress is not None:
             progress(key)

@@ -50,7 +50,8 @@ def named_precision(name: str, device: torch.device, *, compile: bool = False) -
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "mixed" if native_bf16(device) else "fp32"
     if name not in PRECISIONS:
-        raise DdimError(f"--precision {name!r}: choose one of {', '.join(PRECISIONS)}")
+        raise DdimError(f"precision {name!r}: choose one of {', '.join(PRECISIONS)}",
+                        argument="precision")
     bf16 = name in ("mixed", "bf16")
     below = MIXED_BELOW if name == "mixed" else None
     return Precision(bf16=bf16, bf16_below=below, channels_last=True, compile=compile)

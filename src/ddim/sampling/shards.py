@@ -1,11 +1,4 @@
-"""Generating many images from a checkpoint: per-image seeds, batches, ranks, resumable shards.
-
-Image k is drawn from its own seed (`seeds[k]`): its x_T and every noise it receives come from a
-generator seeded with it, bit for bit the same at any batch size and on any number of GPUs. The
-network's arithmetic is not: oneDNN on the CPU (and cuDNN on GPUs) picks kernels by batch shape,
-which sum in another order, so image k at two batch sizes differs by float32 rounding, which
-moves a uint8 pixel by at most one level, and rarely. The same batch size, device and thread
-count give bit-identical images. docs/reliability.md states the promise and its measurements.
+"""Shard files: the images of a long run written as they are made, so that it can stop and resume.
 
 Work is written as shards `parts/part-<first index>.npz` (uint8 NHWC with their indices), each
 atomically. A rerun reads which indices the shards hold and makes only the missing ones, so an
@@ -13,13 +6,19 @@ interrupted run resumes where it stopped and a larger N grows the folder; a dama
 removed (with a warning) and remade. Which settings a folder's shards were made with is the
 caller's record (`ddim sample` keeps one, `ddim.files.outputs`). Under `torchrun`, rank r takes
 batches r, r + W, r + 2W, …; rank 0 merges the shards at the end.
+
+Image k is drawn from its own seed (`ddim.sampling.seeds`): bit for bit the same noise at any
+batch size and on any number of GPUs. The network's arithmetic is not: oneDNN on the CPU (and
+cuDNN on GPUs) picks kernels by batch shape, which sum in another order, so image k at two batch
+sizes differs by float32 rounding, which moves a uint8 pixel by at most one level, and rarely.
+The same batch size, device and thread count give bit-identical images. docs/reliability.md
+states the promise and its measurements.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,59 +26,16 @@ import torch
 
 from ddim.data import to_uint8
 from ddim.diffusion.eps_model import EpsModel
-from ddim.diffusion.samplers import generators_from_seeds, randn, sample, sample_ddpm
-from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
 from ddim.files import atomic_write, load_npz_arrays
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """Which sampler, on which sub-sequence: everything that decides the images besides x_T."""
-
-    steps: int = 50
-    skip: str = "uniform"
-    eta: float = 0.0
-    kind: str = "ddim"  # "ddim" (eq. 12) or "ddpm" (ancestral)
-    variance: str = "small"  # DDPM only: "small" (β̃) or "large" (β, the paper's σ̂)
-    clip_x0: bool | None = None  # default: off for DDIM, on for DDPM (the official code)
-
-    def network_calls(self, num_timesteps: int) -> int:
-        """How many times the network runs per image."""
-        return len(timesteps(num_timesteps, self.steps, self.skip))
-
-
-def sample_batch(
-    eps_model: EpsModel,
-    betas: torch.Tensor,
-    spec: SamplerSpec,
-    seeds: Sequence[int],
-    shape: Sequence[int],
-    device: torch.device,
-    callback=None,
-) -> torch.Tensor:
-    """Images (float, [−1, 1]) for `seeds`, one per seed, whatever the batch they share."""
-    generators = generators_from_seeds(seeds, device)
-    x_T = randn((len(seeds), *shape), generators, device=device)
-    common = dict(steps=spec.steps, skip=spec.skip, generator=generators, callback=callback)
-    if spec.kind == "ddim":  # x0 clipping off unless asked (it makes DDIM non-invertible)
-        return sample(eps_model, x_T, betas, eta=spec.eta, clip_x0=bool(spec.clip_x0), **common)
-    if spec.kind == "ddpm":  # x0 clipped unless asked not to, as the official code does
-        clip = True if spec.clip_x0 is None else spec.clip_x0
-        return sample_ddpm(eps_model, x_T, betas, variance=spec.variance, clip_x0=clip, **common)
-    raise DdimError(f"unknown sampler {spec.kind!r}; choose ddim or ddpm")
-
-
-def batches_of(seeds: Sequence[int], batch: int, rank: int = 0, world_size: int = 1):
-    """(first index, seeds) of this rank's batches: batch b goes to rank b mod W."""
-    starts = range(0, len(seeds), batch)
-    return [(s, list(seeds[s : s + batch])) for i, s in enumerate(starts) if i % world_size == rank]
+from ddim.sampling.runners import sample_seeds
+from ddim.sampling.seeds import batches_of
+from ddim.sampling.settings import Sampler
 
 
 def generate_to_shards(
     eps_model: EpsModel,
-    betas: torch.Tensor,
-    spec: SamplerSpec,
+    sampler: Sampler,
     seeds: Sequence[int],
     shape: Sequence[int],
     folder: str | Path,
@@ -101,7 +57,7 @@ def generate_to_shards(
         todo = [k for k in range(first, first + len(batch_seeds)) if not held[k]]
         if todo:
             chosen = [seeds[k] for k in todo]
-            images = to_uint8(sample_batch(eps_model, betas, spec, chosen, shape, device))
+            images = to_uint8(sample_seeds(eps_model, sampler, chosen, shape, device))
             _save_shard(parts / f"part-{todo[0]:07d}.npz", todo, images)
             made += len(todo)
         if progress is not None:
@@ -161,18 +117,3 @@ def read_shards(folder: str | Path, n: int) -> torch.Tensor:
         missing = int((~seen).sum())
         raise DdimError(f"{missing} of {n} images are missing from {Path(folder) / 'parts'}")
     return torch.from_numpy(out).permute(0, 3, 1, 2)
-
-
-def iterate_images(
-    eps_model: EpsModel,
-    betas: torch.Tensor,
-    spec: SamplerSpec,
-    seeds: Sequence[int],
-    shape: Sequence[int],
-    *,
-    batch: int,
-    device: torch.device,
-) -> Iterator[torch.Tensor]:
-    """uint8 batches for `seeds`, in order, kept in memory (for scoring without files)."""
-    for _, batch_seeds in batches_of(seeds, batch):
-        yield to_uint8(sample_batch(eps_model, betas, spec, batch_seeds, shape, device))

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ddim.checkpoint import load_model
-from ddim.generate import SamplerSpec, generate_to_shards, read_shards
 from ddim.network.precision import eps_model_for
+from ddim.sampling import build_sampler, generate_to_shards, read_shards
 
 
 def setup(path):
@@ -18,12 +18,12 @@ def setup(path):
 
 def test_images_depend_on_seed_not_batch(tiny_checkpoint, tmp_path):
     eps_model, config, betas, shape = setup(tiny_checkpoint)
-    spec = SamplerSpec(steps=3, eta=1.0)
+    sampler = build_sampler(betas, 3, eta=1.0)
     seeds = list(range(7))
     cpu = torch.device("cpu")
     for batch in (1, 3, 7):
         generate_to_shards(
-            eps_model, betas, spec, seeds, shape, tmp_path / f"b{batch}", batch=batch, device=cpu
+            eps_model, sampler, seeds, shape, tmp_path / f"b{batch}", batch=batch, device=cpu
         )
     a, b, c = (read_shards(tmp_path / f"b{k}", 7) for k in (1, 3, 7))
     assert a.shape == (7, 3, 8, 8) and a.dtype == torch.uint8
@@ -34,12 +34,11 @@ def test_images_depend_on_seed_not_batch(tiny_checkpoint, tmp_path):
 
 def test_ranks_split_work_and_merge_to_the_same_images(tiny_checkpoint, tmp_path):
     eps_model, config, betas, shape = setup(tiny_checkpoint)
-    spec, seeds, cpu = SamplerSpec(steps=2), list(range(10)), torch.device("cpu")
+    sampler, seeds, cpu = build_sampler(betas, 2, eta=0.0), list(range(10)), torch.device("cpu")
     made = [
         generate_to_shards(
             eps_model,
-            betas,
-            spec,
+            sampler,
             seeds,
             shape,
             tmp_path / "w",
@@ -51,17 +50,18 @@ def test_ranks_split_work_and_merge_to_the_same_images(tiny_checkpoint, tmp_path
         for r in (0, 1)
     ]
     assert made == [6, 4]  # batches 0, 2 → rank 0 (3 + 3); 1, 3 → rank 1 (3 + 1)
-    generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path / "one", batch=3, device=cpu)
+    generate_to_shards(eps_model, sampler, seeds, shape, tmp_path / "one", batch=3, device=cpu)
     assert torch.equal(read_shards(tmp_path / "w", 10), read_shards(tmp_path / "one", 10))
 
 
 def test_interrupted_run_resumes_missing_shards_only(tiny_checkpoint, tmp_path):
     eps_model, config, betas, shape = setup(tiny_checkpoint)
-    spec, seeds, cpu = SamplerSpec(steps=2, kind="ddpm", variance="large"), list(range(8)), "cpu"
-    generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path, batch=4, device=cpu)
+    sampler = build_sampler(betas, 2, "uniform", "ddpm", variance="large")
+    seeds, cpu = list(range(8)), "cpu"
+    generate_to_shards(eps_model, sampler, seeds, shape, tmp_path, batch=4, device=cpu)
     full = read_shards(tmp_path, 8)
     (tmp_path / "parts" / "part-0000004.npz").unlink()
-    again = generate_to_shards(eps_model, betas, spec, seeds, shape, tmp_path, batch=4, device=cpu)
+    again = generate_to_shards(eps_model, sampler, seeds, shape, tmp_path, batch=4, device=cpu)
     assert again == 4
     assert torch.equal(read_shards(tmp_path, 8), full)
 
