@@ -49,7 +49,7 @@ from ddim.checkpoint.weights import (
     load_weights_only,
     strip_wrapper_prefixes,
 )
-from ddim.config import Config
+from ddim.config import Config, from_official_dict
 from ddim.errors import DdimError
 from ddim.files import TMP_SUFFIX, atomic_write, git_commit, write_bytes
 from ddim.version import __version__
@@ -224,7 +224,7 @@ def from_ours(path: Path, tensors: dict[str, torch.Tensor], raw_meta: dict[str, 
         raise DdimError(f"{str(path)!r} is damaged or was modified: its tensors fail the checksum")
     _check_metadata(path, meta)
     try:
-        config = Config.from_dict(meta["config"])
+        config = from_official_dict(meta["config"])  # keys no longer used are dropped
     except DdimError as error:
         raise DdimError(f"{str(path)!r} records a config this version rejects: {error}") from None
     model, ema = _unprefixed(tensors, MODEL_PREFIX), _unprefixed(tensors, EMA_PREFIX)

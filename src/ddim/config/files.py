@@ -8,8 +8,10 @@ they are. Their extra keys are handled by explicit tables, never silently:
 - `OFFICIAL_RENAMES` moves the `optim:` section into `training` (`optim.lr` → `training.lr`, ...);
 - `OFFICIAL_FIXED` lists keys we accept only with the value our pipeline implements (e.g.
   `data.logit_transform: false`, `optim.optimizer: Adam`); any other value is an error;
-- `OFFICIAL_DROPPED` lists keys that have no effect here (`training.n_epochs`, `sampling.last_only`,
-  ...); they are dropped. Any key in none of the tables is an error;
+- `OFFICIAL_DROPPED` lists keys that have no effect here (`training.n_epochs`, `data.num_workers`,
+  ...), each with the note of why; they are dropped, wherever they are read: from an official file,
+  from one of ours, or from the config an older checkpoint recorded. Any key in none of the tables
+  is an error;
 - a file with an `optim:` section is official, and where it is silent the official training code's
   behaviour applies (`OFFICIAL_TRAINING`: no warm-up, summed loss, no clipping, antithetic t).
 
@@ -61,17 +63,18 @@ OFFICIAL_TRAINING: dict[str, Any] = {
     "antithetic": True,
     "init": "pytorch",
 }
-# Official keys without effect here: training stops at n_iters; validation and `last_only` are
-# not part of this library; `log_step` and `ckpt_id` are run-time choices of the official CLI.
-OFFICIAL_DROPPED: frozenset[str] = frozenset(
-    {
-        "training.n_epochs",
-        "training.validation_freq",
-        "training.log_step",
-        "sampling.last_only",
-        "sampling.ckpt_id",
-    }
-)
+# Keys without effect here, and why: each is dropped when read.
+OFFICIAL_DROPPED: dict[str, str] = {
+    "training.n_epochs": "training stops at training.n_iters",
+    "training.validation_freq": "validation is not part of this library",
+    "training.log_step": "a run-time choice of the official CLI (ddim train --log-every)",
+    "sampling.last_only": "sample commands write final images; trajectories: ddim trajectory",
+    "sampling.ckpt_id": "a run-time choice of the official CLI (ddim sample --ckpt)",
+    "data.category": "the official LSUN loader's folder; a dataset here is its path (data.path, "
+                     "ddim train --data)",
+    "data.num_workers": "decoding processes are a run-time choice, not a config's "
+                        "(ddim train --workers, ddim fid --workers)",
+}  # fmt: skip
 
 
 MAX_DEPTH = 16  # our configs nest 3 deep (section, key, list)
@@ -123,7 +126,8 @@ def _flatten(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_official_dict(d: dict[str, Any]) -> Config:
-    """Build a config from a dict in the official ermongroup/ddim yml layout (or ours)."""
+    """Build a config from a dict in the official ermongroup/ddim yml layout or ours (a file, or
+    the config a checkpoint recorded): OFFICIAL_DROPPED keys dropped, official keys renamed."""
     ours: dict[str, dict[str, Any]] = {}
     if "optim" in d:  # the official layout: start from what the official code does
         ours["training"] = dict(OFFICIAL_TRAINING)

@@ -124,13 +124,10 @@ class DataConfig:
     random_flip: bool = True
     path: str | None = None
     subdir: str | None = None
-    category: str | None = None
-    num_workers: int = 4
 
     def __post_init__(self):
         _require(self.image_size >= 1, "data.image_size", self.image_size, ">= 1")
         _require(self.channels >= 1, "data.channels", self.channels, ">= 1")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
 
 
 @dataclass(frozen=True)
