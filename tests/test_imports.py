@@ -128,6 +128,22 @@ def test_commands_share_code_only_through_the_common_module():
         assert not others, f"{name} imports {others}"
 
 
+# The commands that run the paper's experiments, the demo and the benchmarks; encoding,
+# interpolation and trajectories are sampling, and their runners are the sampling stage's.
+RUN_EXPERIMENTS = {"table", "reconstruct", "demo", "bench"}
+
+
+def test_only_the_experiment_commands_import_experiments():
+    commands = {m for m in graph() if unit(m) == "cli" and m.count(".") == 2}
+    leaning = {
+        name.split(".")[-1]
+        for name in commands
+        if any(unit(b) == "experiments" for b in graph()[name])
+    }
+    assert leaning <= RUN_EXPERIMENTS, leaning - RUN_EXPERIMENTS
+    assert {"sample", "encode", "interpolate", "trajectory"} <= {c.split(".")[-1] for c in commands}
+
+
 def test_the_diffusion_math_reads_no_files_and_holds_no_devices():
     for path in (SRC / "diffusion").glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -171,12 +171,23 @@ def test_encode_uses_the_same_labels_as_sampling():
 
 
 def test_repeated_timestep_is_an_identity_step():
-    x, eps = torch.randn(2, 3, 8, dtype=torch.float64)
-    t = 17
-    step = samplers.ddim_plan(BETAS, [t, t + 1], eta=1.0)[0]
-    same = samplers.PlanStep(t, t, t, abar(t), abar(t), sigma=0.0)
-    torch.testing.assert_close(samplers.generalized_step(x, eps, same)[0], x)
-    assert step.t_from == t + 1
+    """`timesteps` drops quad's repeats because a plan over a repeated τ_i = τ_i−1 walks an
+    identity step (σ = 0 whatever η, no noise drawn): the grid with its repeats, walked as it
+    is, gives the images of τ without them, with more network calls."""
+    _, _, oracle = oracle_setup()
+    grid = torch.linspace(0, math.sqrt(0.8 * 1000), 100, dtype=torch.float64) ** 2
+    repeated = [int(v) for v in grid.tolist()]
+    tau = timesteps(1000, 100, "quad")
+    assert len(repeated) == 100 and tau == sorted(set(repeated)) and len(tau) == 96
+    plan = samplers.ddim_plan(BETAS, repeated, eta=1.0)
+    same = [step for step in plan if step.t_from == step.t_to]
+    assert len(same) == 4 and all(step.sigma == step.noise_sigma == 0 for step in same)
+    x_T = torch.randn(3, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    walked = list(samplers.walk(oracle, x_T, plan, generator=torch.Generator().manual_seed(5)))
+    direct = samplers.sample(oracle, x_T, BETAS, steps=100, skip="quad", eta=1.0,
+                             generator=torch.Generator().manual_seed(5))  # fmt: skip
+    assert len(walked) == 100
+    torch.testing.assert_close(walked[-1].x, direct, rtol=1e-12, atol=1e-12)
 
 
 def test_quad_sampling_with_repeats_dropped_matches_explicit_list():
