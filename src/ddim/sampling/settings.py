@@ -128,8 +128,10 @@ def build_sampler(
     given by name (`eta=0.5`, `variance="large"`); another sampler's option is a DdimError."""
     entry = sampler_entry(name)
     option = {key: value for key, value in option.items() if value is not None}
-    for key in option.keys() - {entry.option}:
-        owners = " and ".join(n for n, e in SAMPLERS.items() if e.option == key) or "no"
+    for key in sorted(option.keys() - {entry.option}):
+        owners = " and ".join(n for n, e in SAMPLERS.items() if e.option == key)
+        if not owners:
+            raise DdimError(f"{key} is not an option of any sampler", argument=key)
         raise DdimError(f"{key} applies to the {owners} sampler only, not {name}", argument=key)
     if entry.option is not None and entry.option not in option:
         raise DdimError(f"the {name} sampler needs its {entry.option}", argument=entry.option)
