@@ -7,7 +7,7 @@
     load      `load_checkpoint` (any kind, by its bytes) and `load_model`
 """
 
-from ddim.checkpoint.format import keep_last, save_checkpoint
+from ddim.checkpoint.format import remove_checkpoint, save_checkpoint
 from ddim.checkpoint.load import (
     bundled_checkpoint,
     config_for_foreign,
@@ -21,9 +21,9 @@ __all__ = [
     "Checkpoint",
     "bundled_checkpoint",
     "config_for_foreign",
-    "keep_last",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
+    "remove_checkpoint",
     "save_checkpoint",
 ]
