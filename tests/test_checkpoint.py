@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import safetensors.torch
 import torch
 
 import ddim
-from ddim.checkpoint import keep_last, load_checkpoint, load_model, save_checkpoint
+from ddim.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ddim.checkpoint.foreign import infer_model_config
 from ddim.checkpoint.format import tensors_sha256
 from ddim.config import apply_overrides, load_config
@@ -349,20 +348,6 @@ def test_checksum_covers_names_dtypes_and_values():
     assert tensors_sha256(a) != tensors_sha256({"w": torch.zeros(4)})
     assert tensors_sha256(a) != tensors_sha256({"w": torch.zeros(2, 2, dtype=torch.float64)})
     assert tensors_sha256(a) != tensors_sha256({"w": torch.tensor([[0.0, 0], [0, 1e-30]])})
-
-
-def test_keep_last(tmp_path, config):
-    for step in range(1, 6):
-        save_tiny(tmp_path / f"ckpt-{step:06d}.safetensors", config, step, {"step": step})
-        os.utime(tmp_path / f"ckpt-{step:06d}.safetensors", ns=(step * 10**9, step * 10**9))
-    removed = keep_last(tmp_path, "ckpt-*.safetensors", k=2)
-    assert [p.name for p in removed] == [f"ckpt-{s:06d}.safetensors" for s in (1, 2, 3)]
-    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
-        "ckpt-000004.safetensors",
-        "ckpt-000005.safetensors",
-    ]
-    assert len(list(tmp_path.glob("*.train-*.pt"))) == 2
-    assert load_checkpoint(tmp_path / "ckpt-000004.safetensors").load_train_state() == {"step": 4}
 
 
 WRITER = """

@@ -9,11 +9,11 @@ import torch
 from ddim.config import apply_overrides, load_config
 from ddim.diffusion.schedule import alpha_bars
 from ddim.training import (
+    Objective,
+    Schedule,
     TrainState,
-    ema_decay,
     ema_update,
     init_training,
-    learning_rate,
     train_step,
 )
 
@@ -22,13 +22,36 @@ def config(*overrides):
     return apply_overrides(load_config("tiny"), list(overrides))
 
 
+def learning_rate(c, step, progress=0.0):
+    return Schedule.from_config(c).learning_rate(step, progress)
+
+
+def ema_decay(c, step):
+    """The decay of the update at `step` of a fresh run (it has then seen (step + 1) batches)."""
+    return Schedule.from_config(c).ema_decay((step + 1) * c.training.batch_size)
+
+
 def test_learning_rate_warms_up_linearly_then_stays_flat():
     c = config("training.lr=3e-4", "training.warmup=100")
     assert learning_rate(c, 0) == 0.0  # the reference trainer's first update has rate 0
     assert learning_rate(c, 25) == pytest.approx(3e-4 * 25 / 100, rel=1e-12)
     assert learning_rate(c, 99) == pytest.approx(3e-4 * 0.99, rel=1e-12)
     assert learning_rate(c, 100) == learning_rate(c, 10**6) == 3e-4
+    assert learning_rate(c, 10**6, progress=0.99) == 3e-4  # no decay unless asked
     assert learning_rate(config("training.lr=1e-3", "training.warmup=0"), 0) == 1e-3
+
+
+def test_learning_rate_decays_linearly_to_zero_over_the_last_share_of_the_run():
+    """Warm-up, stable, decay: flat until 1 − f of the run, then a straight line to 0."""
+    c = config("training.lr=1e-3", "training.warmup=10", "training.lr_decay_fraction=0.25")
+    assert learning_rate(c, 5, progress=0.0) == pytest.approx(5e-4, rel=1e-12)
+    assert learning_rate(c, 500, progress=0.5) == learning_rate(c, 500, progress=0.75) == 1e-3
+    for p in (0.8, 0.9, 0.99):
+        assert learning_rate(c, 500, progress=p) == pytest.approx(1e-3 * (1 - p) / 0.25)
+    assert learning_rate(c, 500, progress=1.0) == 0.0
+    assert learning_rate(c, 500, progress=1.5) == 0.0  # past the end: never negative
+    # warm-up and decay multiply: a run shorter than its warm-up still ends at 0
+    assert learning_rate(c, 5, progress=0.9) == pytest.approx(5e-4 * 0.1 / 0.25)
 
 
 def test_ema_decay_is_the_rate_or_the_half_life():
@@ -76,7 +99,8 @@ def test_train_step_is_adam_on_the_simple_loss_then_ema():
     generator = torch.Generator().manual_seed(c.training.seed)  # the state's own stream
     t = torch.randint(0, 1000, (4,), generator=generator)
     noise = torch.randn(x_0.shape, generator=generator)
-    loss = train_step(c, state, x_0, alpha_bar)
+    loss = train_step(state, x_0, alpha_bar, objective=Objective.from_config(c),
+                      schedule=Schedule.from_config(c))
     a = alpha_bar[t].view(-1, 1, 1, 1)
     reference = init_training(c, torch.device("cpu"))
     out = reference.net(a.sqrt() * x_0 + (1 - a).sqrt() * noise, t)
@@ -109,5 +133,6 @@ def test_train_step_runs_a_wrapped_model_that_has_no_truth_value():
             raise TypeError("no len()")
 
     alpha_bar = alpha_bars(c.diffusion.betas()).float()
-    loss = train_step(c, state, torch.zeros(2, 3, 8, 8), alpha_bar, model=Wrapped(state.net))
+    loss = train_step(state, torch.zeros(2, 3, 8, 8), alpha_bar, model=Wrapped(state.net),
+                      objective=Objective.from_config(c), schedule=Schedule.from_config(c))
     assert math.isfinite(loss.item()) and state.step == 1

@@ -296,7 +296,7 @@ def test_grayscale_with_rgb_and_mixed_sizes_train(folder, inputs, tmp_path):
         (["sample", "--ckpt", "x", "--batch", "512"], "cuda",
          "at batch size 512; try a smaller --batch, e.g. 256"),
         (["sample", "--ckpt", "x"], "host", "out of memory; try a smaller --batch"),
-        (["train", "--data", "x"], "cuda", "--set training.batch_size=N"),
+        (["train", "--data", "x"], "cuda", "try a smaller --batch"),
     ],
 )
 def test_out_of_memory_is_one_line_with_a_hint(command, error, hint, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from ddim.checkpoint.diffusers import export_diffusers
 from ddim.config import apply_overrides, load_config
 from ddim.errors import DdimError
 from ddim.network.unet import UNet
-from ddim.training.loop import start_state
+from ddim.training.state import start_state
 
 CPU = torch.device("cpu")
 # A 32x32 network small enough for tests, with attention at 16x16 as weights-only files assume.
@@ -47,8 +47,9 @@ def test_a_warm_start_samples_at_step_zero_what_its_checkpoint_samples(tmp_path)
     net, ema = two_nets(config)
     path = save_checkpoint(tmp_path / "a.safetensors", model_state=net.state_dict(),
                            ema_state=ema.state_dict(), config=config, step=7)
-    state, cpu_seconds, origin = start_state(config, CPU, init=path)
-    assert state.step == 0 and cpu_seconds == 0.0
+    started = start_state(config, CPU, init=path)
+    state, origin = started.state, started.origin
+    assert state.step == 0 and started.cpu_seconds == 0.0
     loaded_ema, _ = load_model(path)
     loaded_net, _ = load_model(path, use_ema=False)
     torch.testing.assert_close(samples(state.ema, config), samples(loaded_ema, config),
@@ -63,7 +64,8 @@ def test_a_warm_start_samples_at_step_zero_what_its_checkpoint_samples(tmp_path)
 
 def test_the_bundled_float16_file_starts_a_float32_run_with_its_weights_as_both_sets():
     config = load_config("cifar10-cpu")
-    state, _, origin = start_state(config, CPU, init=bundled_checkpoint())
+    started = start_state(config, CPU, init=bundled_checkpoint())
+    state, origin = started.state, started.origin
     reference, _ = load_model(bundled_checkpoint())
     for name, value in reference.state_dict().items():
         assert state.net.state_dict()[name].dtype == torch.float32
@@ -101,7 +103,8 @@ def test_an_official_ckpt_pth_gives_its_network_and_its_ema(tmp_path):
     net, ema = two_nets(config)
     model = {"module." + k: v for k, v in net.state_dict().items()}
     torch.save([model, {}, 3, 1200, dict(ema.named_parameters())], tmp_path / "ckpt.pth")
-    state, _, origin = start_state(config, CPU, init=tmp_path / "ckpt.pth")
+    started = start_state(config, CPU, init=tmp_path / "ckpt.pth")
+    state, origin = started.state, started.origin
     assert origin["kind"] == "official" and origin["step"] == 1200 and origin["images_seen"] == 0
     for name, value in net.state_dict().items():
         assert torch.equal(state.net.state_dict()[name], value)
@@ -116,7 +119,8 @@ def test_a_diffusers_folder_gives_one_set_of_weights_as_both(tmp_path):
     path = save_checkpoint(tmp_path / "a.safetensors", model_state=net.state_dict(),
                            ema_state=ema.state_dict(), config=config, step=0)
     folder = export_diffusers(load_checkpoint(path), tmp_path / "folder")
-    state, _, origin = start_state(config, CPU, init=folder)
+    started = start_state(config, CPU, init=folder)
+    state, origin = started.state, started.origin
     assert origin["kind"] == "diffusers" and origin["sha256"] is None
     for name, value in ema.state_dict().items():  # the export holds the EMA weights
         assert torch.equal(state.net.state_dict()[name], value)

@@ -7,7 +7,7 @@
     load      `load_checkpoint` (any kind, by its bytes), `load_model`, a checkpoint's hash
 """
 
-from ddim.checkpoint.format import keep_last, save_checkpoint
+from ddim.checkpoint.format import remove_checkpoint, save_checkpoint
 from ddim.checkpoint.load import (
     bundled_checkpoint,
     checkpoint_sha256,
@@ -23,9 +23,9 @@ __all__ = [
     "bundled_checkpoint",
     "checkpoint_sha256",
     "config_for_foreign",
-    "keep_last",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
+    "remove_checkpoint",
     "save_checkpoint",
 ]

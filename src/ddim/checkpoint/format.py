@@ -185,16 +185,11 @@ def _remove_stale(path: Path, keep: str | None) -> None:
         p.unlink(missing_ok=True)
 
 
-def keep_last(directory: str | Path, pattern: str = "*.safetensors", k: int = 3) -> list[Path]:
-    """Delete all but the `k` newest checkpoints matching `pattern` (and their training state)."""
-    if k < 0:
-        raise DdimError(f"keep_last needs k >= 0, got {k}")
-    files = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    removed = files[: max(len(files) - k, 0)]
-    for p in removed:
-        p.unlink(missing_ok=True)
-        _remove_stale(p, keep=None)
-    return removed
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint and the training-state file beside it."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _remove_stale(path, keep=None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,16 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start a new run from this checkpoint's weights and EMA (ours, the bundled model "
         "'bundled', an official ckpt.pth, a diffusers folder), with a fresh optimiser",
     )
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="global batch size (training.batch_size)")
+    parser.add_argument("--max-images", type=int, metavar="N",
+                        help="train N images in all: sets training.n_iters to N / batch")
+    parser.add_argument("--time-budget", metavar="TIME",
+                        help="train for this long in all (e.g. 90s, 6m, 2h; a resume goes on "
+                        "until it is spent); training.lr_decay_fraction decays the rate over "
+                        "its last share")
     parser.add_argument("--max-steps", type=int,
                         help="stop at this step in this invocation (--resume goes on)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--no-amp", "--fp32", action="store_true",
                         help="train in float32 even where bf16 autocast is the fast path")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
-    parser.add_argument("--checkpoint-every", type=int, help="steps (default snapshot_freq)")
-    parser.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
-    parser.add_argument("--sample-every", type=int, help="steps between sample grids (0: off)")
-    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="steps (default training.snapshot_freq; a resume keeps the run's)")
+    parser.add_argument("--keep", type=int,
+                        help="checkpoints kept, the highest steps (default 3; a resume keeps "
+                        "the run's)")
+    parser.add_argument("--sample-every", type=int,
+                        help="steps between sample grids (0: off; default: at checkpoints)")
+    parser.add_argument("--log-every", type=int, help="steps between metric lines (default 100)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ddim"))
     parser.add_argument("--dry-run", action="store_true", help="print the config and stop")
@@ -60,8 +72,22 @@ FIXED_ON_RESUME = ("model", "diffusion", "data.image_size", "data.channels")
 
 
 def resolve_config(args):
-    """The config from --config (or the resumed checkpoint), --data/--subdir and --set."""
+    """The config from --config (or the resumed checkpoint), --data/--subdir, --set, --batch and
+    --max-images."""
     overrides = [*args.set, *data_overrides(args.data, args.subdir)]
+    if args.batch is not None:
+        check_count(args.batch, "--batch")
+        overrides.append(f"training.batch_size={args.batch}")
+    config = _resolve(args, overrides)
+    if args.max_images is not None:
+        check_count(args.max_images, "--max-images")
+        batch = config.training.batch_size
+        config = apply_overrides(config, [f"training.n_iters={-(-args.max_images // batch)}"])
+    return config
+
+
+def _resolve(args, overrides):
+    """The config from --config, or from the resumed checkpoint, with `overrides` applied."""
     if not args.resume:
         return apply_overrides(load_config(args.config), overrides)
     from ddim.checkpoint import load_checkpoint
@@ -95,6 +121,12 @@ def run(args) -> int:
     from ddim.training import train
 
     check_count(args.workers, "--workers", least=0)
+    for flag, value, least in (("--keep", args.keep, 1), ("--log-every", args.log_every, 1),
+                               ("--checkpoint-every", args.checkpoint_every, 1),
+                               ("--sample-every", args.sample_every, 0),
+                               ("--max-steps", args.max_steps, 1)):  # fmt: skip
+        if value is not None:
+            check_count(value, flag, least=least)
     device = parse_device(args.device)
     run_dir = _run_dir(args, config, rank)
     if rank == 0:
@@ -106,6 +138,7 @@ def run(args) -> int:
         resume=args.resume,
         init=_init_path(args.init),
         max_steps=args.max_steps,
+        time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
         amp=False if args.no_amp else None,
         compile=args.compile,
         checkpoint_every=args.checkpoint_every,
@@ -119,6 +152,19 @@ def run(args) -> int:
     if rank == 0:
         print(f"last checkpoint: {last}")
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 90, 90s, 6m, 1.5h (--time-budget)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise DdimError(f"--time-budget {text!r}: give a positive duration such as 90s, 6m, 2h")
+    return seconds
 
 
 def _init_path(init: str | None) -> Path | None:

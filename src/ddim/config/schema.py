@@ -142,8 +142,10 @@ class TrainingConfig:
     PyTorch's default (`pytorch`, the official DDIM code);
     `ema_halflife_kimg`, when set, replaces `model.ema_rate` by 0.5^(batch / (1000 · half-life));
     `ema_rampup_ratio` r, when set, caps the half-life at r times the images seen (EDM), so the
-    EMA of a short run averages its recent weights, not its initial ones
-    (`ddim.training.recipe.ema_decay`).
+    EMA of a short run averages its recent weights, not its initial ones;
+    `lr_decay_fraction` f > 0 lowers the learning rate linearly to 0 over the last share f of the
+    run (`n_iters` steps, or a time budget): "warm-up, stable, decay", so that any checkpoint of
+    the stable phase can be continued or decayed later (`ddim.training.recipe.Schedule`).
     """
 
     batch_size: int = 128
@@ -159,6 +161,7 @@ class TrainingConfig:
     init: Literal["reference", "pytorch"] = "reference"
     ema_halflife_kimg: float | None = None
     ema_rampup_ratio: float | None = None
+    lr_decay_fraction: float = 0.0
     seed: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -176,6 +179,12 @@ class TrainingConfig:
             "training.grad_clip",
             self.grad_clip,
             "> 0 or null",
+        )
+        _require(
+            0 <= self.lr_decay_fraction <= 1,
+            "training.lr_decay_fraction",
+            self.lr_decay_fraction,
+            "in [0, 1]",
         )
         for key in ("ema_halflife_kimg", "ema_rampup_ratio"):
             value = getattr(self, key)

@@ -27,7 +27,7 @@ from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars, timesteps
 from ddim.network.precision import Precision, eps_model_for, sampling_precision
 from ddim.network.unet import UNet, reference_init_
-from ddim.training import init_training, train_step
+from ddim.training import Objective, Schedule, init_training, train_step
 
 
 @dataclass
@@ -221,19 +221,26 @@ def bench_training(
     images = images.to(device)
     flops = 3 * forward_flops(UNet.from_config(config.model, size).to(device), config, device)
     alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
-    paths = [("fp32 eager", False, False)]
-    if native_bf16(device):
-        paths.append(("bf16 autocast (ddim train's default)", True, False))
+    fast = native_bf16(device)
+    default = f"{'bf16 autocast, ' if fast else ''}channels-last (ddim train's default)"
+    paths = [("fp32 eager", False, False, False), (default, fast, True, False)]
     if compile:
-        paths.append((paths[-1][0] + " + compile", paths[-1][1], True))
+        paths.append((default.replace(" (ddim train's default)", "") + " + compile", fast,
+                      True, True))  # fmt: skip
+    objective = Objective.from_config(config)
+    schedule = replace(Schedule.from_config(config), batch_size=batch)
     results = []
-    for name, amp, use_compile in paths:
-        state = init_training(config, device)
+    for name, amp, channels_last, use_compile in paths:
+        state = init_training(config, device, channels_last=channels_last)
         model = torch.compile(state.net) if use_compile else state.net
-        batches = infinite_batches(images, batch, seed=0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        batches = (
+            x.contiguous(memory_format=layout) for x in infinite_batches(images, batch, seed=0)
+        )
 
         def step(state=state, model=model, batches=batches, amp=amp):
-            return train_step(config, state, next(batches), alpha_bar, model=model, amp=amp)
+            return train_step(state, next(batches), alpha_bar, objective=objective,
+                              schedule=schedule, model=model, amp=amp)  # fmt: skip
 
         seconds, _ = _timed(step, device, repeats)
         results.append(_result("train", name, batch, seconds, flops, peak_tflops, device))

@@ -1,31 +1,36 @@
 """Training: checkpoints in, checkpoints out.
 
-    recipe   one `TrainState`, one `train_step`, the learning-rate and EMA schedules
-    loop     `train`: batches, logging, checkpoints, exact resume, signals, torchrun
-    log      progress bar, metrics.jsonl, TensorBoard
-    run_dir  run folders and the checkpoint a resume starts from
+    recipe      one `TrainState`, one `train_step`, its `Schedule` (learning rate, EMA) and
+                `Objective`, resolved once from the config
+    loop        `train`: batches, logging, checkpoints, signals, torchrun, time budgets
+    state       where a run starts (fresh, resumed, warm-started) and its checkpoints
+    warm_start  a new run from another checkpoint's weights (`--init`)
+    log         progress bar, metrics.jsonl, TensorBoard
+    run_dir     run folders, their records, and the checkpoint a resume starts from
 """
 
 from ddim.training.loop import load_training_images, train
 from ddim.training.recipe import (
+    Objective,
+    Schedule,
     TrainState,
-    ema_decay,
     ema_update,
     init_training,
-    learning_rate,
     train_step,
 )
 from ddim.training.run_dir import latest_checkpoint, new_run_dir
+from ddim.training.state import start_state
 
 __all__ = [
+    "Objective",
+    "Schedule",
     "TrainState",
-    "ema_decay",
     "ema_update",
     "init_training",
     "latest_checkpoint",
-    "learning_rate",
     "load_training_images",
     "new_run_dir",
+    "start_state",
     "train",
     "train_step",
 ]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from ddim.config import Config, dump_config
 from ddim.errors import DdimError
 from ddim.files import write_text
 from ddim.progress import progress_bar
@@ -20,17 +19,17 @@ class TrainLog:
     """Progress bar, metrics.jsonl and TensorBoard for one run, on rank 0 (`active`) only."""
 
     def __init__(
-        self, run_dir: Path, config: Config, active: bool, progress: bool, start, end, cpu=0.0
+        self, run_dir: Path, batch_size: int, active: bool, progress: bool, start, end, cpu=0.0
     ):
         self.active = active
-        self.batch = config.training.batch_size
+        self.batch = batch_size
         self.sum, self.count, self.lr = None, 0, 0.0
         self.time, self.mark = time.perf_counter(), start
         self.cpu_start, self.cpu_before = time.process_time(), cpu
         if not active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yml", dump_config(config))
+        _drop_lines_after(run_dir / "metrics.jsonl", start)
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.bar = progress_bar(
             total=end, initial=start, unit="step", disable=not progress, smoothing=0.1
@@ -84,6 +83,25 @@ class TrainLog:
             self.metrics.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+
+def _drop_lines_after(path: Path, step: int) -> None:
+    """Remove metric lines past `step`, which a killed run logged after its last checkpoint: the
+    resumed run logs those steps again, and the file's steps stay increasing."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) != len(lines):
+        write_text(path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a line a kill cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _tensorboard(run_dir: Path):

@@ -1,24 +1,24 @@
 """The training loop: DDPM's recipe (Ho et al. 2020, the reference trainer behind FID 3.17), run
 step by step (`ddim.training.recipe.train_step`) with checkpoints, logs and exact resume.
 
-Everything that decides the weights is in the `Config` (saved in every checkpoint); the keyword
-arguments of `train` decide only how the run is carried out. Runs resume exactly: the checkpoint's
-training state holds the optimiser, the noise generator, the global RNG (dropout), and the step,
-from which the data order follows (`ddim.data.infinite_batches`).
+Everything that decides the weights is in the `Config` (saved in every checkpoint); `train`
+resolves it once at its head into the numbers the steps use (`Schedule`, `Objective`, the batch
+per process), and its keyword arguments decide only how the run is carried out (`RunOptions`,
+recorded in the run directory so that a resume keeps them). Runs resume exactly
+(`ddim.training.state`): the data order follows from the step (`ddim.data.infinite_batches`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from ddim.checkpoint import keep_last, load_checkpoint, save_checkpoint
-from ddim.config import Config
+from ddim.config import Config, dump_config
 from ddim.data import infinite_batches, load_all, open_dataset, to_uint8
 from ddim.device import distributed_context, native_bf16
 from ddim.diffusion.samplers import sample
@@ -27,9 +27,14 @@ from ddim.errors import DdimError
 from ddim.files import write_text
 from ddim.images import save_grid
 from ddim.training.log import TrainLog
-from ddim.training.recipe import TrainState, init_training, learning_rate, train_step
-from ddim.training.run_dir import CHECKPOINT_GLOB, claim_run_dir, latest_checkpoint
-from ddim.training.warm_start import INIT_RECORD, load_init_checkpoint, warm_start
+from ddim.training.recipe import Objective, Schedule, TrainState, train_step
+from ddim.training.run_dir import (
+    RunOptions,
+    claim_run_dir,
+    resolve_run_options,
+    write_run_record,
+)
+from ddim.training.state import Started, save_state, start_state, write_init_record
 
 
 class _StopFlag:
@@ -76,13 +81,14 @@ def train(
     resume: str | Path | None = None,
     init: str | Path | None = None,
     max_steps: int | None = None,
+    time_budget: float | None = None,
     amp: bool | None = None,
     compile: bool = False,
     channels_last: bool = True,
     checkpoint_every: int | None = None,
-    keep: int = 3,
+    keep: int | None = None,
     sample_every: int | None = None,
-    log_every: int = 100,
+    log_every: int | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
@@ -92,208 +98,174 @@ def train(
 
     images            uint8 (N, C, H, W) training images; default: read `config.data`
     device            default: this rank's CUDA device if any, else the CPU
-    resume            a checkpoint file or run directory to continue exactly from
+    resume            a checkpoint file or run directory to continue exactly from (a checkpoint
+                      behind the run's newest continues only into another, new `run_dir`)
     init              a checkpoint (any kind) whose network and EMA weights a new run starts
                       from, with a fresh optimiser (`ddim.training.warm_start`)
-    max_steps         stop at this step in this invocation (default `training.n_iters`)
+    max_steps         stop at this step in this invocation (the schedule still ends at
+                      `training.n_iters`)
+    time_budget       seconds of training for the whole run: it stops when they are spent, and
+                      `training.lr_decay_fraction` decays the rate over their last share
     amp               bf16 autocast for the network; default on where bf16 is native (CUDA, and
                       CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`)
     compile           torch.compile the network
     channels_last     NHWC weights and batches (faster convolutions on CPUs and GPUs)
     checkpoint_every  steps between checkpoints (default `training.snapshot_freq`)
-    keep              checkpoints kept on disk (the newest)
+    keep              checkpoints kept on disk, the highest steps (default 3)
     sample_every      steps between sample grids of the EMA model (default: at checkpoints; 0 off)
-    log_every         steps between metric lines (and non-finite-loss checks)
+    log_every         steps between metric lines and non-finite-loss checks (default 100)
     cache_dir, workers  decoded-dataset cache folder and decode processes
     overwrite         start afresh in a `run_dir` holding another run's checkpoints, deleting
                       them (without it, or `resume` of that run, such a folder is refused)
 
-    One training at a time writes a run directory (`ddim.training.run_dir.claim_run_dir`).
+    The run options (`checkpoint_every` to `time_budget`) are recorded in `run_dir/run.json`: a
+    resume reuses those it is not given. One training at a time writes a run directory
+    (`ddim.training.run_dir.claim_run_dir`).
     """
-    _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every)
+    if max_steps is not None and max_steps < 1:
+        raise DdimError(f"max_steps must be >= 1, got {max_steps}")
     rank, world_size, device = distributed_context(None if device is None else torch.device(device))
     run_dir = Path(run_dir)
-    t_cfg = config.training
-    if t_cfg.batch_size % world_size:
-        raise DdimError(
-            f"training.batch_size={t_cfg.batch_size} is not divisible by {world_size} ranks"
-        )
+    schedule, objective = Schedule.from_config(config), Objective.from_config(config)
+    if schedule.batch_size % world_size:
+        raise DdimError(f"batch size {schedule.batch_size} is not divisible by {world_size} ranks")
+    local_batch = schedule.batch_size // world_size
     amp = native_bf16(device) if amp is None else amp
-    checkpoint_every = checkpoint_every or t_cfg.snapshot_freq
-    sample_every = checkpoint_every if sample_every is None else sample_every
-    end = min(max_steps or t_cfg.n_iters, t_cfg.n_iters)
+    given = dict(checkpoint_every=checkpoint_every, keep=keep, sample_every=sample_every,
+                 log_every=log_every, time_budget=time_budget)  # fmt: skip
+    snapshot = config.training.snapshot_freq
+    default = RunOptions(checkpoint_every=checkpoint_every or snapshot,
+                         sample_every=checkpoint_every or snapshot)  # fmt: skip
 
     claim = claim_run_dir(run_dir, resume, overwrite) if rank == 0 else contextlib.nullcontext()
     with claim:
-        state, cpu_seconds, origin = start_state(
-            config, device, resume=resume, init=init, channels_last=channels_last
-        )
-        if origin is not None and resume is None and rank == 0:
-            write_text(run_dir / INIT_RECORD, json.dumps(origin, indent=2) + "\n")
-        step = state.step
-        model = state.net
-        if world_size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                state.net, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if compile:
-            model = torch.compile(model)
-
+        options = resolve_run_options(run_dir, resume is not None, given, default)
+        started = start_state(config, device, resume=resume, init=init,
+                              channels_last=channels_last)  # fmt: skip
+        if rank == 0:
+            _write_records(run_dir, config, options, started, resume)
         if images is None:
             images = load_training_images(
                 config, cache_dir=cache_dir, workers=workers, progress=progress and rank == 0
             )
         batches = _layout(channels_last, infinite_batches(
-            images.to(device),
-            t_cfg.batch_size // world_size,
-            seed=t_cfg.seed,
-            random_flip=config.data.random_flip,
-            rank=rank,
-            world_size=world_size,
-            start_step=step,
-        ))
-        log = TrainLog(run_dir, config, rank == 0, progress, start=step, end=end, cpu=cpu_seconds)
-        alpha_bar = alpha_bars(config.diffusion.betas()).to(device, torch.float32)
-        x_T = torch.randn(
-            (min(64, t_cfg.batch_size), config.model.in_channels, *(config.data.image_size,) * 2),
-            generator=torch.Generator().manual_seed(t_cfg.seed + 1),
-        ).to(device)
+            images.to(device), local_batch, seed=config.training.seed,
+            random_flip=config.data.random_flip, rank=rank, world_size=world_size,
+            start_step=started.state.step,
+        ))  # fmt: skip
+        end = min(max_steps or config.training.n_iters, config.training.n_iters)
+        log = TrainLog(run_dir, schedule.batch_size, rank == 0, progress,
+                       start=started.state.step, end=end, cpu=started.cpu_seconds)  # fmt: skip
+        loop = _Loop(config, run_dir, started, options, schedule, objective, rank, world_size)
+        model = _wrap(started.state.net, device, world_size, compile)
+        return loop.run(model, batches, log, end=end, amp=amp)
 
-        stop = _StopFlag()
-        last = None
+
+class _Loop:
+    """The steps of one invocation: train, log, checkpoint and sample until the end, the time
+    budget or a signal."""
+
+    def __init__(self, config, run_dir, started: Started, options: RunOptions, schedule: Schedule,
+                 objective: Objective, rank: int, world_size: int):  # fmt: skip
+        self.config, self.run_dir, self.started, self.options = config, run_dir, started, options
+        self.schedule, self.objective = schedule, objective
+        self.rank, self.world_size = rank, world_size
+        self.state = started.state
+        self.alpha_bar = alpha_bars(config.diffusion.betas()).to(_device_of(self.state),
+                                                                 torch.float32)
+        self.clock = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training the run has taken, its earlier invocations included."""
+        return self.started.elapsed + time.perf_counter() - self.clock
+
+    def progress(self) -> float:
+        """How far through the run the next step is: steps over `n_iters`, or time over the
+        budget, whichever is further."""
+        p = self.state.step / self.config.training.n_iters
+        if self.options.time_budget is not None:
+            p = max(p, self.elapsed() / self.options.time_budget)
+        return p
+
+    def run(self, model, batches, log: TrainLog, *, end: int, amp: bool) -> Path | None:
+        """Train until step `end`, the time budget or SIGTERM/SIGINT; return the last checkpoint."""
+        state, options, stop, last = self.state, self.options, _StopFlag(), None
+        x_T = self._fixed_noise()
+        done = state.step >= end or self.progress() >= 1
         with stop.installed():
-            while state.step < end and stop.signal is None:
+            while not done:
+                progress = self.progress()
                 loss = train_step(
-                    config, state, next(batches), alpha_bar, model=model, amp=amp, rank=rank,
-                    world_size=world_size,
-                )
+                    state, next(batches), self.alpha_bar, objective=self.objective,
+                    schedule=self.schedule, progress=progress, model=model, amp=amp,
+                    rank=self.rank, world_size=self.world_size,
+                )  # fmt: skip
                 step = state.step
-                log.add(step, loss, learning_rate(config, step - 1))
-                if step % log_every == 0 or step == end:
+                log.add(step, loss, self.schedule.learning_rate(step - 1, progress))
+                done = step >= end or stop.signal is not None or self.progress() >= 1
+                if step % options.log_every == 0 or done:
                     log.flush(step, state.images)
-                if step % checkpoint_every == 0 or step == end or stop.signal is not None:
+                if step % options.checkpoint_every == 0 or done:
                     log.flush(step, state.images)
-                    last = _save(run_dir, config, state, log.cpu_seconds(), keep, rank, origin)
-                if sample_every and step % sample_every == 0 and rank == 0:
-                    _sample_grid(run_dir, config, state.ema, x_T, step, amp)
+                    last = self._save(log.cpu_seconds())
+                if options.sample_every and step % options.sample_every == 0 and self.rank == 0:
+                    _sample_grid(self.run_dir, self.config, state.ema, x_T, step, amp)
         log.close()
-        if stop.signal is not None and rank == 0:
-            print(f"stopped by signal {stop.signal} at step {step}; checkpoint {last}",
+        last = last or self.started.resumed  # a resumed run whose end had already come
+        if stop.signal is not None and self.rank == 0:
+            print(f"stopped by signal {stop.signal} at step {state.step}; checkpoint {last}",
                   file=sys.stderr)
         return last
 
+    def _save(self, cpu_seconds: float) -> Path | None:
+        """A checkpoint of the run's state (rank 0)."""
+        if self.rank != 0:
+            return None
+        return save_state(self.run_dir, self.config, self.state, cpu_seconds=cpu_seconds,
+                          elapsed=self.elapsed(), origin=self.started.origin,
+                          keep=self.options.keep)  # fmt: skip
 
-def start_state(
-    config: Config,
-    device: torch.device,
-    *,
-    resume: str | Path | None = None,
-    init: str | Path | None = None,
-    channels_last: bool = False,
-) -> tuple[TrainState, float, dict | None]:
-    """The state a run starts from: fresh (step 0), resumed exactly from a checkpoint or run
-    directory, or warm-started from another checkpoint's weights (`init`); with the CPU seconds
-    already spent and the warm start the weights came from (None if none)."""
-    if resume is not None and init is not None:
-        raise DdimError("resume and init exclude each other: a resumed run has its own weights")
-    state = init_training(config, device, channels_last=channels_last)
-    if resume is not None:
-        cpu_seconds, origin = _restore(latest_checkpoint(resume), state, config)
-        return state, cpu_seconds, origin
-    if init is not None:
-        return state, 0.0, warm_start(state, load_init_checkpoint(init, config))
-    return state, 0.0, None
+    def _fixed_noise(self) -> torch.Tensor:
+        """The run's fixed x_T for its sample grids."""
+        c = self.config
+        shape = (min(64, c.training.batch_size), c.model.in_channels, *(c.data.image_size,) * 2)
+        generator = torch.Generator().manual_seed(c.training.seed + 1)
+        return torch.randn(shape, generator=generator).to(_device_of(self.state))
 
 
-def _check_run_options(max_steps, checkpoint_every, keep, sample_every, log_every) -> None:
-    """Reject option values that would train nothing, divide by zero or delete every checkpoint."""
-    for name, value, least in (
-        ("max_steps", max_steps, 1),
-        ("checkpoint_every", checkpoint_every, 1),
-        ("keep", keep, 1),
-        ("sample_every", sample_every, 0),
-        ("log_every", log_every, 1),
-    ):
-        if value is not None and value < least:
-            flag = "--" + name.replace("_", "-")
-            raise DdimError(f"{name} ({flag}) must be >= {least}, got {value}")
+def _device_of(state: TrainState) -> torch.device:
+    """The device the run's weights live on."""
+    return next(state.net.parameters()).device
+
+
+def _wrap(net: torch.nn.Module, device: torch.device, world_size: int, compile: bool):
+    """The network as the steps call it: DDP-wrapped under torchrun, compiled if asked."""
+    model = net
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    return torch.compile(model) if compile else model
+
+
+def _write_records(run_dir: Path, config: Config, options: RunOptions, started: Started,
+                   resume) -> None:  # fmt: skip
+    """The run directory's config.yml, run.json (with the branch's source, when a checkpoint of
+    another run directory is continued here) and, for a warm start, init.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yml", dump_config(config))
+    branched = None
+    resumed = started.resumed
+    if resumed is not None and resumed.resolve().parent != (run_dir / "checkpoints").resolve():
+        branched = {"checkpoint": str(resumed.resolve()), "step": started.state.step}
+    write_run_record(run_dir, options, branched)
+    if started.origin is not None and resume is None:
+        write_init_record(run_dir, started.origin)
 
 
 def _layout(channels_last: bool, batches):
     """The batches, in NHWC memory layout if `channels_last`."""
     for x in batches:
         yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _save(
-    run_dir: Path,
-    config: Config,
-    state: TrainState,
-    cpu_seconds: float,
-    keep: int,
-    rank: int,
-    origin: dict | None,
-) -> Path | None:
-    """Write an atomic checkpoint with the full training state (rank 0), keep the newest `keep`;
-    its metadata records the images seen and the warm start the run came from (`origin`)."""
-    if rank != 0:
-        return None
-    step = state.step
-    if not all(torch.isfinite(p).all() for p in state.net.parameters()):
-        raise DdimError(f"non-finite weights at step {step}; not overwriting earlier checkpoints")
-    train_state = {
-        "optimizer": state.optimizer.state_dict(),
-        "generator": state.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "step": step,
-        "images": state.images,
-        "cpu_seconds": float(cpu_seconds),
-        "origin": origin,
-    }
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(
-        folder / f"ckpt-{step:08d}.safetensors",
-        model_state=state.net.state_dict(),
-        ema_state=state.ema.state_dict(),
-        config=config,
-        step=step,
-        train_state=train_state,
-        extra_meta=_lineage(state, cpu_seconds, origin),
-    )
-    keep_last(folder, CHECKPOINT_GLOB, keep)
-    return path
-
-
-def _lineage(state: TrainState, cpu_seconds: float, origin: dict | None) -> dict:
-    """What a checkpoint says of its weights' history: images seen, CPU hours (the warm start's
-    included where it recorded them), and the warm start itself."""
-    before = (origin or {}).get("cpu_hours") or 0.0
-    return {
-        "images_seen": state.images,
-        "cpu_hours": before + cpu_seconds / 3600,
-        "init": origin,
-    }
-
-
-def _restore(path: Path, state: TrainState, config: Config) -> tuple[float, dict | None]:
-    """Load weights, EMA and training state from `path` into `state`; return the CPU seconds
-    the run had spent before it and the warm start it came from (or None)."""
-    checkpoint = load_checkpoint(path)
-    saved = checkpoint.load_train_state()
-    if saved is None:
-        raise DdimError(f"{path} holds no training state to resume from")
-    state.net.load_state_dict(checkpoint.model_state)
-    state.ema.load_state_dict(checkpoint.ema_state or checkpoint.model_state)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    if saved["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    state.step = int(saved["step"])
-    state.images = int(saved.get("images", state.step * config.training.batch_size))
-    return float(saved.get("cpu_seconds", 0.0)), saved.get("origin")
 
 
 @torch.no_grad()

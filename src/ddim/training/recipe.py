@@ -1,9 +1,10 @@
 """The optimisation recipe, step by step: one `TrainState`, one `train_step`, and the closed-form
-schedules it follows (learning-rate warm-up, EMA decay).
+schedules it follows (`Schedule`: learning-rate warm-up and decay, EMA decay), and the objective
+(`Objective`), each resolved once from the config at a run's head and handed to every step.
 
 One step (DDPM, Ho et al. 2020, Alg. 1): take a batch x_0, draw t uniform on [0, T) and
 ε ~ N(0, I) from the run's own generator, take the ε-prediction loss (DDPM eq. 14), clip the
-gradient's global norm, take an Adam step with linear learning-rate warm-up, update the EMA.
+gradient's global norm, take an Adam step at the scheduled learning rate, update the EMA.
 
 Under `torchrun` every rank draws the same global batch of t and ε and keeps its own slice, so N
 processes with a global batch G compute the same update as one process with batch G (dropout
@@ -36,38 +37,93 @@ class TrainState:
     images: int = 0  # images the weights have seen, runs they were warm-started from included
 
 
-def learning_rate(config: Config, step: int) -> float:
-    """Adam's learning rate for the update made at `step` (0-based): lr · min(step / warmup, 1),
-    the DDPM reference trainer's warm-up (its first update has learning rate 0), then flat."""
-    warmup = config.training.warmup
-    return config.training.lr * (min(1.0, step / warmup) if warmup else 1.0)
+@dataclass(frozen=True)
+class Schedule:
+    """The numbers a run's optimisation follows, resolved once at its head (`from_config`).
 
-
-def ema_decay(config: Config, step: int = 0, images_seen: int | None = None) -> float:
-    """EMA decay for the update made at `step` (0-based), after which the weights have seen
-    `images_seen` images (default (step + 1) · batch; more for a warm-started run).
-
-    The base half-life is `training.ema_halflife_kimg` thousand images, or the one that
-    `model.ema_rate` per step implies. With `training.ema_rampup_ratio` r (EDM, Karras et al.
-    2022), the half-life is at most r times the images seen so far, so that early on the EMA
-    follows the young network instead of averaging in the initial weights:
-    decay = 0.5 ^ (batch / min(half-life, r · images seen)).
+    batch_size        global batch (images per step over all processes)
+    lr                peak learning rate
+    warmup            steps of linear warm-up from 0 (DDPM's reference trainer)
+    decay_fraction    the last share of the run over which the rate falls linearly to 0
+                      ("warm-up, stable, decay"; 0: flat after the warm-up)
+    ema_halflife      EMA half-life in images, or None for the fixed per-step `ema_rate`
+    ema_rate          decay per step when no half-life is given
+    ema_rampup_ratio  cap on the half-life as a share of the images seen (EDM), or None
     """
-    if images_seen is None:
-        images_seen = (step + 1) * config.training.batch_size
-    t = config.training
-    rate = config.model.ema_rate
-    if t.ema_halflife_kimg is None and t.ema_rampup_ratio is None:
+
+    batch_size: int
+    lr: float
+    warmup: int = 0
+    decay_fraction: float = 0.0
+    ema_halflife: float | None = None
+    ema_rate: float = 0.9999
+    ema_rampup_ratio: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Schedule:
+        """The schedule `config.training` (and `model.ema_rate`) describe."""
+        t = config.training
+        halflife = None if t.ema_halflife_kimg is None else t.ema_halflife_kimg * 1000
+        return cls(
+            batch_size=t.batch_size,
+            lr=t.lr,
+            warmup=t.warmup,
+            decay_fraction=t.lr_decay_fraction,
+            ema_halflife=halflife,
+            ema_rate=config.model.ema_rate,
+            ema_rampup_ratio=t.ema_rampup_ratio,
+        )
+
+    def learning_rate(self, step: int, progress: float = 0.0) -> float:
+        """Adam's rate for the update made at `step` (0-based), at `progress` ∈ [0, 1] through the
+        run: lr · min(step / warmup, 1) (the reference trainer's first update has rate 0), times
+        min(1, (1 − progress) / decay_fraction) once the decay has begun."""
+        rate = self.lr * (min(1.0, step / self.warmup) if self.warmup else 1.0)
+        if self.decay_fraction > 0:
+            rate *= min(1.0, max(0.0, 1.0 - progress) / self.decay_fraction)
         return rate
-    if t.ema_halflife_kimg is not None:
-        halflife = t.ema_halflife_kimg * 1000
-    elif 0 < rate < 1:
-        halflife = t.batch_size * math.log(0.5) / math.log(rate)
-    else:
-        return rate  # 0 copies the network, 1 never moves: no half-life to ramp up
-    if t.ema_rampup_ratio is not None:
-        halflife = min(halflife, t.ema_rampup_ratio * images_seen)
-    return 0.5 ** (t.batch_size / max(halflife, 1e-8))
+
+    def ema_decay(self, images_seen: int) -> float:
+        """EMA decay of the update after which the weights have seen `images_seen` images:
+        0.5 ^ (batch / half-life), the half-life capped at `ema_rampup_ratio` · images seen so
+        that early on the EMA follows the young network instead of its initial weights (EDM,
+        Karras et al. 2022); without a half-life and ramp-up, the fixed `ema_rate`."""
+        rate, halflife = self.ema_rate, self.ema_halflife
+        if halflife is None and self.ema_rampup_ratio is None:
+            return rate
+        if halflife is None:
+            if not 0 < rate < 1:
+                return rate  # 0 copies the network, 1 never moves: no half-life to ramp up
+            halflife = self.batch_size * math.log(0.5) / math.log(rate)
+        if self.ema_rampup_ratio is not None:
+            halflife = min(halflife, self.ema_rampup_ratio * images_seen)
+        return 0.5 ** (self.batch_size / max(halflife, 1e-8))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What one step minimises: DDPM's ε-loss over T timesteps (`ddim.diffusion.loss`), with the
+    reduction, per-t weighting and timestep pairing the config chose, and gradient clipping."""
+
+    num_timesteps: int
+    reduction: str = "mean"
+    weighting: str = "simple"
+    gamma: float = 5.0
+    antithetic: bool = False
+    grad_clip: float | None = 1.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> Objective:
+        """The objective `config` describes."""
+        t = config.training
+        return cls(
+            num_timesteps=config.diffusion.num_diffusion_timesteps,
+            reduction=t.loss,
+            weighting=t.loss_weighting,
+            gamma=t.loss_gamma,
+            antithetic=t.antithetic,
+            grad_clip=t.grad_clip,
+        )
 
 
 @torch.no_grad()
@@ -109,11 +165,13 @@ def init_training(
 
 
 def train_step(
-    config: Config,
     state: TrainState,
     x_0: torch.Tensor,
     alpha_bar: torch.Tensor,
     *,
+    objective: Objective,
+    schedule: Schedule,
+    progress: float = 0.0,
     model: torch.nn.Module | None = None,
     amp: bool = False,
     rank: int = 0,
@@ -121,36 +179,33 @@ def train_step(
 ) -> torch.Tensor:
     """One optimisation step on this rank's batch `x_0` ([-1, 1]); returns the (device) loss
     without synchronising. `model` is the network as called (DDP- or compile-wrapped `state.net`),
-    `alpha_bar` the float32 ᾱ table on the device, `amp` bf16 autocast for the forward pass."""
+    `alpha_bar` the float32 ᾱ table on the device, `progress` how far through the run this step
+    is (for the rate's decay), `amp` bf16 autocast for the forward pass."""
     local = x_0.shape[0]
-    T = config.diffusion.num_diffusion_timesteps
     # every rank draws the global batch's t and ε and keeps its slice (see the module docstring)
     t = training_timesteps(
         local * world_size,
-        T,
+        objective.num_timesteps,
         generator=state.generator,
         device=x_0.device,
-        antithetic=config.training.antithetic,
+        antithetic=objective.antithetic,
     )[rank * local : (rank + 1) * local]
     noise = torch.randn(
         (local * world_size, *x_0.shape[1:]), generator=state.generator, device=x_0.device
     )[rank * local : (rank + 1) * local]
     for group in state.optimizer.param_groups:
-        group["lr"] = learning_rate(config, state.step)
+        group["lr"] = schedule.learning_rate(state.step, progress)
     with torch.autocast(x_0.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = simple_loss(
             state.net if model is None else model, x_0, t, noise, alpha_bar,
-            reduction=config.training.loss,
-            weighting=config.training.loss_weighting, gamma=config.training.loss_gamma,
+            reduction=objective.reduction, weighting=objective.weighting, gamma=objective.gamma,
         )
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if config.training.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(
-            state.net.parameters(), config.training.grad_clip, foreach=True
-        )
+    if objective.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(state.net.parameters(), objective.grad_clip, foreach=True)
     state.optimizer.step()
     state.images += local * world_size
-    ema_update(state.ema, state.net, ema_decay(config, state.step, state.images))
+    ema_update(state.ema, state.net, schedule.ema_decay(state.images))
     state.step += 1
     return loss.detach()

@@ -1,30 +1,114 @@
 """Run directories: where a run writes, how it is found again, and which checkpoint it resumes.
 
     RUN/config.yml                 the resolved config
+    RUN/run.json                   how the run is carried out (`RunOptions`), and where it
+                                   branched from; a resume reuses the options it is not given
+    RUN/init.json                  the checkpoint a warm start began from (`warm_start`)
     RUN/checkpoints/ckpt-<step>.*  checkpoints (`ddim.checkpoint.format`), the newest few kept
     RUN/samples/step-<step>.png    sample grids of the EMA model
-    RUN/metrics.jsonl              one line per logging interval
+    RUN/metrics.jsonl              one line per logging interval, steps increasing
     RUN/.lock                      held by the one training that writes the run (`claim_run_dir`)
 
-A run directory belongs to one run: a training that would start afresh in a folder that already
-holds checkpoints is refused (`--resume` continues them, `--overwrite` deletes them first), and
-two trainings cannot write one folder at the same time.
+A run directory belongs to one run, and holds one line of checkpoints: a training that would
+start afresh in a folder that already holds checkpoints is refused (`--resume` continues them,
+`--overwrite` deletes them first); continuing from a checkpoint older than the run's newest would
+overwrite and prune the later ones, so it is refused there and done in a new run directory (a
+branch, which records where it came from); two trainings cannot write one folder at once.
+Checkpoints are ordered by their step, for resuming and for pruning alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ddim.checkpoint import load_checkpoint
+from ddim.checkpoint import load_checkpoint, remove_checkpoint
 from ddim.errors import DdimError
-from ddim.files import folder_lock
+from ddim.files import folder_lock, write_text
 
 CHECKPOINT_GLOB = "ckpt-*.safetensors"
-RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "metrics.jsonl", "config.yml")
+RUN_RECORD = "run.json"
+RUN_OUTPUTS = (
+    "checkpoints", "samples", "tensorboard", "metrics.jsonl", "config.yml", RUN_RECORD, "init.json"
+)
+_STEP = re.compile(r"ckpt-(\d+)\.safetensors$")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out (nothing here changes what a step computes).
+
+    checkpoint_every  steps between checkpoints
+    keep              checkpoints kept on disk, the highest steps
+    sample_every      steps between sample grids of the EMA model (0: none)
+    log_every         steps between metric lines (and non-finite-loss checks)
+    time_budget       seconds of training the run may take over all its invocations, or None;
+                      with `training.lr_decay_fraction` the rate decays over its last share
+    """
+
+    checkpoint_every: int
+    keep: int = 3
+    sample_every: int = 0
+    log_every: int = 100
+    time_budget: float | None = None
+
+    def __post_init__(self):
+        for name, least in (("checkpoint_every", 1), ("keep", 1), ("sample_every", 0),
+                            ("log_every", 1)):  # fmt: skip
+            if getattr(self, name) < least:
+                raise DdimError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise DdimError(f"time_budget must be > 0 seconds, got {self.time_budget}")
+
+
+def resolve_run_options(run_dir: Path, resumed: bool, given: dict, default: RunOptions):
+    """The options of this invocation: those `given` (not None), else, for a resumed run, the
+    ones recorded in `run_dir/run.json`, else `default`."""
+    recorded = {}
+    if resumed and (run_dir / RUN_RECORD).is_file():
+        recorded = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))["options"]
+    values = dataclasses.asdict(default) | recorded
+    values |= {key: value for key, value in given.items() if value is not None}
+    return RunOptions(**values)
+
+
+def write_run_record(run_dir: Path, options: RunOptions, branched_from: dict | None) -> None:
+    """Record the run's options (and the checkpoint a branch started from) in `run.json`."""
+    previous = {}
+    if (run_dir / RUN_RECORD).is_file():
+        previous = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
+    record = {"options": dataclasses.asdict(options),
+              "branched_from": branched_from or previous.get("branched_from")}  # fmt: skip
+    write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (`ckpt-<step>.safetensors`)."""
+    match = _STEP.search(Path(path).name)
+    if match is None:
+        raise DdimError(f"{path} is not named like a run's checkpoint (ckpt-<step>.safetensors)")
+    return int(match.group(1))
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """A run directory's checkpoints, by step (the one order for resuming and pruning)."""
+    return sorted((Path(run_dir) / "checkpoints").glob(CHECKPOINT_GLOB), key=checkpoint_step)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` highest-step checkpoints of a run (and their training state)."""
+    found = run_checkpoints(run_dir)
+    removed = found[: max(len(found) - keep, 0)]
+    for path in removed:
+        remove_checkpoint(path)
+    return removed
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -41,15 +125,28 @@ def latest_checkpoint(path: str | Path) -> Path:
     """The checkpoint to resume from: `path` itself if a file, else the newest that loads."""
     path = Path(path)
     if path.is_file():
+        _check_resumable(path)
         return path
-    candidates = sorted((path / "checkpoints").glob(CHECKPOINT_GLOB), reverse=True)
-    for candidate in candidates:
+    if not path.is_dir():
+        raise DdimError(f"nothing to resume at {path}: neither a run directory nor a checkpoint")
+    for candidate in reversed(run_checkpoints(path)):
         try:
             load_checkpoint(candidate).load_train_state()
             return candidate
         except DdimError as error:
             print(f"skipping unreadable checkpoint {candidate}: {error}", file=sys.stderr)
     raise DdimError(f"no complete checkpoint to resume from in {path / 'checkpoints'}")
+
+
+def _check_resumable(path: Path) -> None:
+    """Refuse, in one line, a file that holds no training state (an official `ckpt.pth`, bare
+    weights, a converted file): it can start a new run with `init`, not be resumed."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.config is None or checkpoint.load_train_state() is None:
+        raise DdimError(
+            f"{path} holds no training state of ours (optimiser, step, noise generator), so it "
+            "cannot be resumed exactly; start a new run from its weights with init (--init)"
+        )
 
 
 @contextlib.contextmanager
@@ -61,8 +158,10 @@ def claim_run_dir(
     the earlier run's files first)."""
     run_dir = Path(run_dir)
     with folder_lock(run_dir / ".lock", f"run directory {run_dir}"):
-        found = sorted((run_dir / "checkpoints").glob(CHECKPOINT_GLOB))
+        found = run_checkpoints(run_dir)
         continued = resume is not None and _same_run(latest_checkpoint(resume), run_dir)
+        if continued and not overwrite:
+            _refuse_rollback(latest_checkpoint(resume), found, run_dir)
         if found and overwrite:
             _delete_run_outputs(run_dir)
         elif found and not continued:
@@ -74,6 +173,18 @@ def claim_run_dir(
                 f"{hint}, --overwrite deletes them, or choose another --run-dir"
             )
         yield
+
+
+def _refuse_rollback(source: Path, found: list[Path], run_dir: Path) -> None:
+    """Refuse to continue a run from a checkpoint behind its newest: the later checkpoints of the
+    abandoned line would be overwritten and pruned."""
+    newest = found[-1] if found else None
+    if newest is not None and checkpoint_step(source) < checkpoint_step(newest):
+        raise DdimError(
+            f"{source.name} is behind the newest checkpoint of {run_dir} ({newest.name}): "
+            "continuing from it here would overwrite and prune the later ones; continue it in "
+            "a new run directory (--run-dir NEW), which records the branch"
+        )
 
 
 def _delete_run_outputs(run_dir: Path) -> None:
