@@ -25,16 +25,17 @@ from ddim.data.shapes import shapes
 from ddim.experiments import pixel_metrics as pm
 from ddim.experiments.demo import HELD_OUT, SIZE, DemoSettings, demo_config
 from ddim.fid import statistics
-from ddim.generate import SamplerSpec, iterate_images
 from ddim.network.precision import eps_model_for
+from ddim.sampling import build_sampler, iterate_images
 from ddim.training import train
 
-SPECS = {
-    "DDIM S=10": SamplerSpec(steps=10),
-    "DDIM S=20": SamplerSpec(steps=20),
-    "DDIM S=50": SamplerSpec(steps=50),
-    "eta=1 S=20": SamplerSpec(steps=20, eta=1.0),
-    "sigma-hat S=20": SamplerSpec(steps=20, kind="ddpm", variance="large"),
+# name -> (S, sampler, its option), each over S uniform steps
+SAMPLERS = {
+    "DDIM S=10": (10, "ddim", {"eta": 0.0}),
+    "DDIM S=20": (20, "ddim", {"eta": 0.0}),
+    "DDIM S=50": (50, "ddim", {"eta": 0.0}),
+    "eta=1 S=20": (20, "ddim", {"eta": 1.0}),
+    "sigma-hat S=20": (20, "ddpm", {"variance": "large"}),
 }
 
 
@@ -45,8 +46,9 @@ def score(path: Path, n: int = 256) -> dict:
     net, config = load_model(path)
     eps_model, betas = eps_model_for(net), config.diffusion.betas()
     result = {"checkpoint": str(path), "step": load_checkpoint(path).step}
-    for name, spec in SPECS.items():
-        images = torch.cat(list(iterate_images(eps_model, betas, spec, range(n), (3, SIZE, SIZE),
+    for name, (S, kind, option) in SAMPLERS.items():
+        sampler = build_sampler(betas, S, "uniform", kind, **option)
+        images = torch.cat(list(iterate_images(eps_model, sampler, range(n), (3, SIZE, SIZE),
                                                batch=n, device="cpu")))  # fmt: skip
         precision, recall = pm.precision_recall(images, held_out)
         result[name] = {"pixel_fd": round(pm.pixel_fd(images, stats), 3),

@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 
 from ddim.checkpoint import load_checkpoint, model_from_checkpoint
-from ddim.diffusion.schedule import timesteps
 from ddim.experiments.report import Panel, save_plot
 from ddim.fid import compute_fid, load_stats
 from ddim.files import write_text
-from ddim.generate import SamplerSpec, iterate_images
 from ddim.network.precision import describe, eps_model_for, named_precision
+from ddim.sampling import build_sampler, iterate_images
 
 
 def score(path: str, ref, args, device: torch.device, precision) -> dict:
@@ -31,13 +30,11 @@ def score(path: str, ref, args, device: torch.device, precision) -> dict:
     config = checkpoint.config
     net = model_from_checkpoint(checkpoint, use_ema=True, device=device)
     eps_model = eps_model_for(net, precision)
-    betas = config.diffusion.betas()
-    T = len(betas)
-    spec = SamplerSpec(steps=args.steps, skip=args.skip or config.sampling.skip, eta=0.0)
-    timesteps(T, spec.steps, spec.skip)  # validates S
+    sampler = build_sampler(config.diffusion.betas(), args.steps,
+                            args.skip or config.sampling.skip, eta=0.0)
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     seeds = range(args.seed, args.seed + args.n)
-    images = iterate_images(eps_model, betas, spec, seeds, shape, batch=args.batch, device=device)
+    images = iterate_images(eps_model, sampler, seeds, shape, batch=args.batch, device=device)
     fid = compute_fid(images, ref, device=device, batch_size=args.batch, total=args.n)
     state = checkpoint.load_train_state() or {}
     cpu = state.get("cpu_seconds")

@@ -23,8 +23,8 @@ from ddim.experiments import pixel_metrics as pm
 from ddim.experiments.bench import image_difference, sampling_paths
 from ddim.experiments.demo import HELD_OUT
 from ddim.fid import statistics
-from ddim.generate import SamplerSpec, iterate_images
 from ddim.network.precision import eps_model_for
+from ddim.sampling import build_sampler, iterate_images
 
 
 def scores(images: torch.Tensor, reference: torch.Tensor, stats) -> str:
@@ -56,19 +56,19 @@ def main() -> None:
     net, betas, device = model_from_checkpoint(checkpoint), config.diffusion.betas(), "cpu"
     shape = (config.model.in_channels, size, size)
     for S in args.steps:
-        spec = SamplerSpec(steps=S, skip=config.sampling.skip)
-        print(f"\n## S = {S} ({spec.skip}), {args.n} images, {torch.get_num_threads()} threads")
+        sampler = build_sampler(betas, S, config.sampling.skip, eta=0.0)
+        print(f"\n## S = {S} ({sampler.skip}), {args.n} images, {torch.get_num_threads()} threads")
         baseline = None
         for name, precision in sampling_paths(torch.device(device), args.compile).items():
             eps_model = eps_model_for(model_from_checkpoint(checkpoint), precision)
             start = time.perf_counter()
-            images = torch.cat(list(iterate_images(eps_model, betas, spec, range(args.n), shape,
+            images = torch.cat(list(iterate_images(eps_model, sampler, range(args.n), shape,
                                                    batch=args.batch, device=device)))
             rate = args.n / (time.perf_counter() - start)
             baseline = images if baseline is None else baseline
             diff = "" if images is baseline else "; " + image_difference(baseline, images)
             print(f"- {name}: {rate:.1f} img/s; {scores(images, reference, stats)}{diff}")
-        again = torch.cat(list(iterate_images(eps_model_for(net), betas, spec,
+        again = torch.cat(list(iterate_images(eps_model_for(net), sampler,
                                               range(args.n, 2 * args.n), shape, batch=args.batch,
                                               device=device)))
         print(f"- run-to-run noise (fp32, seeds {args.n}–{2 * args.n - 1}): "
