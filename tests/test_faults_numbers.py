@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ddim
 import ddim.cli
@@ -232,3 +234,144 @@ def test_eta_out_of_range_on_the_command_line_is_one_line(tiny_checkpoint, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "--eta=1e+200 must be finite and >= 0, at most 1000" in err[-1]
     assert not (tmp_path / "s" / "parts").exists()
+
+
+# --- a dataset is read one split at a time ------------------------------------------------------
+
+
+def _png(path, seed=0, size=4):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _split_folder(root, held_out="test", parent=""):
+    for k in range(3):
+        _png(root / parent / "train" / "cat" / f"{k}.png", seed=k)
+        _png(root / parent / held_out / "cat" / f"{k}.png", seed=10 + k)
+    return root
+
+
+@pytest.mark.parametrize(("held_out", "parent"), [("test", ""), ("val", ""), ("Validation", ""),
+                                                  ("test", "cifar10")])  # fmt: skip
+def test_a_folder_with_train_and_held_out_splits_is_refused_without_subdir(
+    held_out, parent, tmp_path
+):
+    root = _split_folder(tmp_path / "data", held_out, parent)
+    pick = f"{parent}/train".lstrip("/")
+    with pytest.raises(DdimError) as error:
+        ddim.open_dataset(root)
+    message = str(error.value)
+    assert f"holds {pick}/ and {f'{parent}/{held_out}'.lstrip('/')}/" in message
+    assert f"subdir='{pick}'" in message and f"--subdir {pick}" in message
+    assert len(ddim.open_dataset(root, subdir=pick)) == 3  # one split: read
+    if parent:  # a subdir above both splits still mixes them
+        with pytest.raises(DdimError, match=r"\[cifar10\] holds train/ and test/"):
+            ddim.open_dataset(root, subdir=parent)
+
+
+def test_a_zip_with_train_and_test_folders_is_refused_without_subdir(tmp_path, capsys):
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for split in ("train", "test"):
+            for k in range(2):
+                _png(tmp_path / "x.png", seed=k)
+                archive.write(tmp_path / "x.png", f"{split}/c{k}/{k}.png")
+    with pytest.raises(DdimError, match="d.zip holds train/ and test/"):
+        ddim.open_dataset(path)
+    assert len(ddim.open_dataset(path, subdir="test")) == 2
+    # the issue's case: a "train" reference that held both splits
+    out = tmp_path / "train-ref.npz"
+    code = ddim.cli.main(["fid", "ref", str(path), "-o", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--subdir train" in err[-1] and not out.exists()
+
+
+def test_one_split_and_a_class_named_test_are_not_refused(tmp_path):
+    for k in range(2):
+        _png(tmp_path / "only" / "train" / f"{k}.png", seed=k)  # no held-out split beside it
+        _png(tmp_path / "classes" / "train" / "test" / f"{k}.png", seed=k)  # not siblings
+        _png(tmp_path / "classes" / "train" / "other" / f"{k}.png", seed=k)
+    assert len(ddim.open_dataset(tmp_path / "only")) == 2
+    assert len(ddim.open_dataset(tmp_path / "classes")) == 4
+
+
+def test_a_network_of_other_channels_is_refused_when_the_dataset_opens(tmp_path):
+    _png(tmp_path / "d" / "0.png")
+    assert len(ddim.open_dataset(tmp_path / "d", channels=3)) == 1
+    for channels in (1, 4):
+        with pytest.raises(DdimError, match=f"channels={channels} .*give RGB images"):
+            ddim.open_dataset(tmp_path / "d", channels=channels)
+
+
+# --- an archive member that would inflate to gigabytes ------------------------------------------
+
+
+def _forge_sizes(path, size: int) -> None:
+    """Set every member's declared uncompressed size (central directory and local headers)."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            data[start + offset: start + offset + 4] = size.to_bytes(4, "little")
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+def test_a_zip_member_declaring_gigabytes_is_refused_before_inflating(tmp_path, capsys):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.png", b"\0" * 4096)
+    _forge_sizes(path, 0xFFFF0000)  # 4 GiB declared
+    with pytest.raises(DdimError, match=r"a.png in .*bomb.zip declares 4.0 GiB uncompressed"):
+        ddim.open_dataset(path)
+    code = ddim.cli.main(["fid", "ref", str(path), "-o", str(tmp_path / "r.npz"),
+                          "--device", "cpu"])
+    assert code == 2 and "declares 4.0 GiB" in capsys.readouterr().err
+
+
+def test_a_zip_member_that_inflates_past_its_declared_size_is_a_clear_error(tmp_path):
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.png", b"\0" * 1_000_000)
+    _forge_sizes(path, 100)  # declares 100 bytes: zipfile stops there, and the CRC fails
+    with pytest.raises(DdimError, match="a.png"):
+        ddim.open_dataset(path)[0]
+
+
+# --- host out of memory -------------------------------------------------------------------------
+
+
+def _command_that(monkeypatch, command, effect):
+    """Replace a sub-command's run function with `effect`."""
+    build = ddim.cli.build_parser
+
+    def parser():
+        p = build()
+        subparsers = next(a for a in p._actions if a.dest == "command")
+        subparsers.choices[command].set_defaults(_run=effect)
+        return p
+
+    monkeypatch.setattr(ddim.cli, "build_parser", parser)
+
+
+@pytest.mark.parametrize(("command", "argv", "hint"), [
+    ("sample", ["--batch", "64"], "out of memory at batch size 64; try a smaller --batch, e.g. 32"),
+    ("train", [], "out of memory; try a smaller batch (--set training.batch_size=N)"),
+])  # fmt: skip
+def test_host_out_of_memory_is_one_line_with_the_advice(command, argv, hint, monkeypatch, capsys):
+    """Torch's CPU allocator raises a RuntimeError, not MemoryError: a real one, here."""
+    _command_that(monkeypatch, command, lambda args: torch.empty(2**62, dtype=torch.uint8))
+    capsys.readouterr()
+    assert ddim.cli.main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ddim {command}: error: {hint}\n"
+
+
+def test_other_runtime_errors_are_still_bugs(monkeypatch):
+    def bug(args):
+        raise RuntimeError("shape mismatch: can't allocate a meaning to this")
+
+    _command_that(monkeypatch, "sample", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        ddim.cli.main(["sample"])
