@@ -15,10 +15,10 @@ from ddim.errors import DdimError
 
 HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
 EXAMPLE = (
-    "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz && "
+    "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz && "
     "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz"
 )
-REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz"
+REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz"
 CALC_EXAMPLE = "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz --json samples-fid.json"
 
 
