@@ -14,6 +14,7 @@ from ddim.checkpoint.load import (
     load_checkpoint,
     load_model,
     model_from_checkpoint,
+    provenance,
 )
 from ddim.checkpoint.weights import Checkpoint
 
@@ -25,5 +26,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
+    "provenance",
     "save_checkpoint",
 ]
