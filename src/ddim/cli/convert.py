@@ -85,8 +85,8 @@ def _output(destination: Path, to: str):
     from ddim.files import file_output, folder_output
 
     if to == "ddim":
-        return file_output(destination)
-    return folder_output(destination, DIFFUSERS_NAMES)
+        return file_output(destination, command="convert")
+    return folder_output(destination, DIFFUSERS_NAMES, command="convert", reused=())
 
 
 def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
