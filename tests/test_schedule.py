@@ -21,13 +21,19 @@ def test_linear_is_the_ddpm_schedule():
     [
         ("quad", lambda T, b0, b1: np.linspace(b0**0.5, b1**0.5, T) ** 2),
         ("const", lambda T, b0, b1: np.full(T, b1)),
-        ("jsd", lambda T, b0, b1: np.array([1.0 / (T - i) for i in range(T)])),
         ("sigmoid", lambda T, b0, b1: b0 + (b1 - b0) / (1 + np.exp(-np.linspace(-6, 6, T)))),
     ],
 )
 def test_official_schedules(kind, expected):
     betas = schedule.make_betas(kind, 200, 1e-4, 0.02).numpy()
     np.testing.assert_allclose(betas, expected(200, 1e-4, 0.02), rtol=1e-12, atol=1e-15)
+
+
+def test_jsd_is_the_official_formula_and_refused_because_its_alpha_bar_reaches_zero():
+    betas = schedule._betas("jsd", 200, 1e-4, 0.02).numpy()
+    np.testing.assert_allclose(betas, [1.0 / (200 - i) for i in range(200)], rtol=1e-12)
+    with pytest.raises(DdimError, match=r"β = 1 at t = 199, so ᾱ is 0"):
+        schedule.make_betas("jsd", 200)
 
 
 def test_cosine_matches_its_alpha_bar_closed_form():

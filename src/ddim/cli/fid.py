@@ -15,10 +15,10 @@ from ddim.errors import DdimError
 
 HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
 EXAMPLE = (
-    "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz && "
+    "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz && "
     "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz"
 )
-REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz"
+REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz"
 CALC_EXAMPLE = "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz --json samples-fid.json"
 
 
@@ -80,19 +80,55 @@ def _device(name: str | None) -> torch.device:
 
 
 def sample_folder_images(path: str) -> str:
-    """The images of a `ddim sample` output folder (samples.npz, else png/); other paths as given.
+    """The images of a `ddim sample` output folder (samples.npz, else png/), checked against the
+    folder's record; other paths as given.
 
     A sample folder also holds grid.png and the shards, which are not samples to score.
     """
     folder = Path(path)
-    if not (folder.is_dir() and (folder / "sample.json").is_file()):
+    if not _is_sample_folder(folder):
         return path
     for name in ("samples.npz", "png"):
         if (folder / name).exists():
+            _check_sample_count(folder, folder / name)
             print(f"scoring {folder / name}, the images of `ddim sample`", file=sys.stderr)
             return str(folder / name)
     raise DdimError(f"{path} is a `ddim sample` folder without samples.npz or png/; rerun "
                     "`ddim sample` into it without --no-npz to write them")
+
+
+def _is_sample_folder(folder: Path) -> bool:
+    """Whether a folder is the output of `ddim sample` (its summary, or its record, says so)."""
+    from ddim.files import folder_output, read_record
+
+    if not folder.is_dir():
+        return False
+    record = read_record(folder_output(folder, ()))
+    return (folder / "sample.json").is_file() or (record or {}).get("command") == "sample"
+
+
+def _check_sample_count(folder: Path, images: Path) -> None:
+    """Refuse images of a sample folder that are not the N its sample.json records: what an
+    earlier run left (a samples.npz beside a run with --no-npz, PNGs beyond a smaller --n)."""
+    from ddim.files import npz_headers
+
+    summary = folder / "sample.json"
+    try:
+        n = json.loads(summary.read_text(encoding="utf-8"))["n"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DdimError(f"{folder} has no readable sample.json: its last `ddim sample` did not "
+                        "finish; run it again to completion before scoring") from None
+    if images.is_dir():
+        found = sum(1 for p in images.iterdir() if p.suffix.lower() == ".png")
+    else:
+        shape = next(iter(npz_headers(images).values()), ((), None))[0]
+        found = shape[0] if shape else 0
+    if found != n:
+        raise DdimError(
+            f"{images} holds {found} images but {summary} records {n}: they were left by an "
+            f"earlier run; make them again with `ddim sample` into {folder} (--overwrite starts "
+            "it afresh)"
+        )
 
 
 def _open(path: str, args: argparse.Namespace):
@@ -137,7 +173,8 @@ def run_ref(args: argparse.Namespace) -> int:
     device = _device(args.device)
     images, source, dataset = _open(args.data, args)
     settings = _data_settings(dataset, args)
-    with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
+    with claim_output(file_output(args.out, command="fid ref"), settings,
+                      overwrite=args.overwrite):
         stats = fid.compute_reference(
             images, args.out, source=source, device=device, batch_size=args.batch,
             workers=args.workers, resolution=dataset.resolution,
@@ -166,7 +203,7 @@ def run_calc(args: argparse.Namespace) -> int:
     fid.check_resolution(ref, dataset.resolution, str(args.ref))
     out = _json_path(args.images, args.json)
     settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(args.ref)}
-    with claim_output(file_output(out), settings, overwrite=args.overwrite):
+    with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
         gen = fid.stats_from_images(
             images, source=source, device=device, batch_size=args.batch, workers=args.workers

@@ -102,7 +102,8 @@ def run(args) -> int:
         sys.stdout.write(table(args))
         return 0
     settings = {key: getattr(args, key) for key in ("skip", "steps", "etas", "dim", "n", "seed")}
-    with claim_output(file_output(args.output), settings, overwrite=args.overwrite):
+    with claim_output(file_output(args.output, command="oracle"), settings,
+                      overwrite=args.overwrite):
         text = table(args)
         sys.stdout.write(text)
         write_text(args.output, text)

@@ -67,15 +67,18 @@ class Step:
 
 
 def check_eta(eta: float, name: str = "eta") -> float:
-    """η of eq. 16 as a float; anything but a finite number ≥ 0 is a DdimError naming `name`.
+    """η of eq. 16 as a float (NumPy and PyTorch scalars too); outside [0, 1000] a DdimError.
 
-    η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0).
+    η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0), up to
+    1000: σ ≤ η (σ(η = 1) ≤ 1), so σ² and the noise σ·z stay finite in float32 at every step, where
+    a large finite η (1e200) would overflow σ² and turn every image into NaN.
     """
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise DdimError(f"{name}={eta!r} must be a number")
-    if not (math.isfinite(eta) and eta >= 0):
-        raise DdimError(f"{name}={eta!r} must be finite and >= 0")
-    return float(eta)
+    from ddim.scalars import as_float
+
+    value = as_float(eta, name, finite=False)
+    if not 0 <= value <= 1000:
+        raise DdimError(f"{name}={eta!r} must be finite and >= 0, at most 1000")
+    return value
 
 
 def ddim_sigma(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:

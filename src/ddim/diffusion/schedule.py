@@ -6,6 +6,9 @@ Conventions (those of the official DDIM code, ermongroup/ddim):
   so the last step (τ_1 → −1) needs no special case.
 
 All tables are float64 on the CPU; samplers turn the few values they need into Python floats once.
+A schedule is checked where ᾱ is made (`alpha_bars`, which `make_betas` and every sampler call):
+β in (0, 1], and ᾱ never below float32's smallest normal number, so x_0 = (x_t − √(1 − ᾱ) ε)/√ᾱ
+stays finite; a schedule whose ᾱ reaches 0 (jsd's last β is 1) or underflows is refused.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from typing import Literal, get_args
 import torch
 
 from ddim.errors import DdimError
+from ddim.scalars import as_float, as_int
 
 BetaSchedule = Literal["linear", "quad", "const", "jsd", "sigmoid", "cosine"]
 Skip = Literal["uniform", "quad", "trailing"]
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 SKIP_KINDS: tuple[str, ...] = get_args(Skip)
+ALPHA_BAR_MIN = torch.finfo(torch.float32).tiny  # 2^-126: 1/√ᾱ stays finite in float32
 
 
 def make_betas(
@@ -36,16 +41,25 @@ def make_betas(
     linear  — linspace(β_start, β_end, T) (DDPM, Ho et al. 2020, Sec. 4);
     quad    — linspace(√β_start, √β_end, T)²;
     const   — β_end everywhere;
-    jsd     — 1/T, 1/(T−1), …, 1 (Sohl-Dickstein et al. 2015);
+    jsd     — 1/T, 1/(T−1), …, 1 (Sohl-Dickstein et al. 2015); its last β is 1, so ᾱ reaches 0
+              and the schedule is refused (`alpha_bars`): no sampler can start from x_T;
     sigmoid — sigmoid(linspace(−6, 6, T)) · (β_end − β_start) + β_start;
     cosine  — Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008,
               β_t = min(1 − ᾱ(t+1)/ᾱ(t), 0.999); β_start and β_end are not used.
     """
-    if not isinstance(num_timesteps, int) or num_timesteps < 1:
+    T = as_int(num_timesteps, "num_timesteps")
+    beta_start, beta_end = as_float(beta_start, "beta_start"), as_float(beta_end, "beta_end")
+    if T < 1:
         raise DdimError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
     if kind != "cosine" and not 0 < beta_start <= beta_end < 1:
         raise DdimError(f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
-    T = num_timesteps
+    betas = _betas(kind, T, beta_start, beta_end)
+    alpha_bars(betas)  # refuses a schedule whose ᾱ reaches 0
+    return betas
+
+
+def _betas(kind: str, T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """β_1..β_T of one of the schedules `make_betas` names (arguments already checked)."""
     f64 = torch.float64
     if kind == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=f64)
@@ -73,8 +87,29 @@ def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Te
 
 
 def alpha_bars(betas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t} (1 − β_s) for t = 0..T−1 (DDIM paper's α_t, DDPM's ᾱ_t), in float64."""
-    return torch.cumprod(1 - betas.to(torch.float64), dim=0)
+    """ᾱ_t = ∏_{s≤t} (1 − β_s) for t = 0..T−1 (DDIM paper's α_t, DDPM's ᾱ_t), in float64.
+
+    β must be finite and in (0, 1], and ᾱ must stay at or above `ALPHA_BAR_MIN`; else a DdimError
+    naming the first t where it does not (every sampler would return NaN or infinity there).
+    """
+    betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
+    if betas.ndim != 1 or len(betas) == 0:
+        raise DdimError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+    bad = (~(torch.isfinite(betas) & (betas > 0) & (betas <= 1))).nonzero()
+    if len(bad):
+        t = int(bad[0])
+        raise DdimError(f"beta must lie in (0, 1], got {float(betas[t])!r} at t = {t}")
+    alpha_bar = torch.cumprod(1 - betas, dim=0)
+    if alpha_bar[-1] < ALPHA_BAR_MIN:
+        t = int((alpha_bar < ALPHA_BAR_MIN).nonzero()[0])
+        why = (f"β = 1 at t = {t}, so ᾱ is 0 from there on" if betas[t] == 1 else
+               f"ᾱ falls to {float(alpha_bar[t]):.3g} at t = {t} of T = {len(betas)}, below "
+               "float32's smallest normal number 1.2e-38")
+        raise DdimError(
+            f"{why}: x_0 = (x_t - √(1 - ᾱ)ε)/√ᾱ is not finite there, so every sampler would "
+            "return NaN; use fewer timesteps or smaller betas"
+        )
+    return alpha_bar
 
 
 def alpha_bar_at(alpha_bar: torch.Tensor, t: int) -> float:
