@@ -21,7 +21,7 @@ down to x_0 = μ + s z at ᾱ = 1. Every ODE solver can thus be measured against
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,23 @@ def probability_flow(
     var = std.to(x.device, torch.float64) ** 2
     z = (x.double() - math.sqrt(a) * mean) / (a * var + 1 - a).sqrt()  # fixed along the path
     return (math.sqrt(b) * mean + (b * var + 1 - b).sqrt() * z).to(x.dtype)
+
+
+def ode_error(
+    solver: Callable[..., torch.Tensor], oracle: GaussianOracle, betas: torch.Tensor,
+    x_T: torch.Tensor, seq: Sequence[int],
+) -> float:
+    """RMS distance at t = τ_1, the last timestep, between a deterministic solver run on ε* from
+    x_T at τ_S and the exact ODE solution; `solver` is called as `ddim.sample` is.
+
+    The last step, τ_1 → clean data (λ = ∞), is left out: it is one first-order step of the same
+    size for every S, an error of its own that does not fall with S.
+    """
+    at_last = []
+    keep = lambda step: at_last.append(step.x) if step.t_next == seq[0] else None  # noqa: E731
+    solver(oracle, x_T, betas, steps=seq, callback=keep)
+    exact = oracle.ode_solution(x_T, seq[-1], seq[0])
+    return float((at_last[0].double() - exact.double()).square().mean().sqrt())
 
 
 @dataclass(frozen=True)
