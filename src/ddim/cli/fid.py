@@ -1,4 +1,5 @@
-"""`ddim fid ref|calc`: dataset statistics once, then the FID of generated images against them."""
+"""`ddim fid ref|calc`: dataset statistics once, then the FID and KID of generated images against
+them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch
 
 from ddim.cli._common import SELECTION, SPREAD_HELP, add_overwrite_argument, check_count
 from ddim.errors import DdimError
+from ddim.fid import KID_FEATURES
 
-HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
+HELP = ("Fréchet and Kernel Inception Distances: `ref` makes dataset statistics, `calc` scores "
+        "images.")
 EXAMPLE = (
     "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz && "
     "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz"
@@ -48,12 +51,14 @@ def _subparser(subs, name: str, help_: str, example: str) -> argparse.ArgumentPa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `ref` and `calc` sub-subcommands."""
     subs = parser.add_subparsers(dest="fid_command", metavar="{ref,calc}", required=True)
-    ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset (.npz).", REF_EXAMPLE)
+    ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset, with a random "
+                     f"{KID_FEATURES:,} of its features for KID (.npz).", REF_EXAMPLE)
     ref.add_argument("data", help="image folder, zip, cifar-10-batches-py folder or NHWC .npz")
     ref.add_argument("-o", "--out", required=True, help="output stats file (.npz)")
     _add_common(ref)
     ref.set_defaults(_fid_run=run_ref)
-    calc = _subparser(subs, "calc", "FID of images against reference statistics.", CALC_EXAMPLE)
+    calc = _subparser(subs, "calc", "FID and KID of images against reference statistics.",
+                      CALC_EXAMPLE)
     calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images, or a "
                       "`ddim sample` output folder (its samples.npz)")
     calc.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
@@ -193,7 +198,7 @@ def _json_path(images: str, override: str | None) -> Path:
 
 
 def run_calc(args: argparse.Namespace) -> int:
-    """`ddim fid calc`: print the FID of IMAGES against --ref and write it as JSON."""
+    """`ddim fid calc`: print the FID and KID of IMAGES against --ref and write them as JSON."""
     from ddim import fid
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
@@ -206,15 +211,32 @@ def run_calc(args: argparse.Namespace) -> int:
     with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
         gen = fid.stats_from_images(
-            images, source=source, device=device, batch_size=args.batch, workers=args.workers
+            images, source=source, device=device, batch_size=args.batch, workers=args.workers,
+            keep_features=None,  # all of them, for KID
         )
         score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+        kid, kid_text = _kid(gen, ref, args.ref)
         result = {
-            "fid": score, "n": gen.n, "images": gen.source, "ref": str(args.ref),
+            "fid": score, "kid": kid, "n": gen.n, "images": gen.source, "ref": str(args.ref),
             "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,
             "convention": gen.convention, "device": str(device),
             "seconds": round(time.perf_counter() - start, 3),
         }
         write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); wrote {out}")
+    print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); {kid_text}; wrote {out}")
     return 0
+
+
+def _kid(gen, ref, ref_path: str) -> tuple[dict, str]:
+    """KID of the generated stats' features as a JSON record and a phrase; where the reference
+    keeps no features, a record saying so and the command that rebuilds it (FID still stands)."""
+    from ddim import fid
+
+    if ref.features is None:
+        why = fid.missing_features(ref, ref_path)
+        return {"unavailable": why}, f"KID unavailable: {why}"
+    kid = fid.kernel_inception_distance(gen.features, ref.features)
+    record = {**kid._asdict(), "ref_features": len(ref.features)}
+    text = (f"KID {kid.mean:.6f} ± {kid.std:.6f} (mean ± std over {kid.n_subsets} subsets of "
+            f"{kid.subset_size} features per set)")
+    return record, text
