@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import warnings
 
 import numpy as np
@@ -130,6 +131,139 @@ def test_statistics_mean_and_unbiased_covariance():
         fid.statistics(x[:1])
 
 
+# --- the kernel inception distance -------------------------------------------------------------
+
+
+def _direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD² with k(a, b) = (aᵀb/d + 1)³, written out with explicit loops."""
+    d = x.shape[1]
+
+    def k(a, b):
+        return (sum(float(a[i]) * float(b[i]) for i in range(d)) / d + 1) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def _feature_sets(seed: int = 0):
+    """Two small non-negative feature sets of different distributions, as Inception's are."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, size=(9, 6)), rng.gamma(2.0, 0.3, size=(7, 6))
+
+
+def test_mmd2_unbiased_is_the_estimator_written_out():
+    x, y = _feature_sets()
+    got = fid.mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y))
+    assert got == pytest.approx(_direct_mmd2(x, y), rel=1e-6)
+    assert abs(_direct_mmd2(x, y)) > 1e-3  # the sets differ: the comparison is not about 0
+
+
+def test_kid_of_whole_sets_is_their_mmd2_with_no_spread():
+    """Subsets as large as both sets are the sets themselves, reordered: every subset gives the
+    same value, so the mean is the direct MMD² and the standard deviation 0."""
+    x, y = _feature_sets(1)
+    y = y[:7]
+    kid = fid.kernel_inception_distance(x[:7], y, n_subsets=5, subset_size=1000)
+    assert (kid.subset_size, kid.n_subsets) == (7, 5)
+    assert kid.mean == pytest.approx(_direct_mmd2(x[:7], y), rel=1e-6)
+    assert kid.std < 1e-12 * abs(kid.mean)
+
+
+def test_kid_averages_the_estimator_over_seeded_subsets():
+    """Subsets drawn as documented (per subset: m of the features, then m of the reference, from
+    numpy's default_rng(seed)), each scored by the written-out estimator."""
+    x, y = _feature_sets(2)
+    kid = fid.kernel_inception_distance(x, y, n_subsets=4, subset_size=5, seed=3)
+    rng = np.random.default_rng(3)
+    values = [_direct_mmd2(x[rng.choice(9, 5, replace=False)], y[rng.choice(7, 5, replace=False)])
+              for _ in range(4)]
+    assert kid == pytest.approx((np.mean(values), np.std(values), 5, 4), rel=1e-6)
+    assert np.std(values) > 1e-3 * abs(np.mean(values))  # the subsets really differ
+    assert fid.kernel_inception_distance(x, y, n_subsets=4, subset_size=5, seed=3) == kid
+
+
+def test_kid_rejects_what_it_cannot_score():
+    x, y = _feature_sets()
+    with pytest.raises(DdimError, match="two \\(N, D\\) feature sets"):
+        fid.kernel_inception_distance(x, y[:, :4])
+    with pytest.raises(DdimError, match="subsets of >= 2 features"):
+        fid.kernel_inception_distance(x[:1], y)
+
+
+def test_stats_keep_a_seeded_float32_subset_of_the_features():
+    features = np.random.default_rng(5).uniform(0, 1, size=(50, 4)).astype(np.float32)
+    stats = fid.stats_from_features(features.astype(np.float64), source="x", keep_features=20)
+    assert stats.features.dtype == np.float32 and stats.features.shape == (20, 4)
+    rows = [int(np.flatnonzero((features == row).all(axis=1))[0]) for row in stats.features]
+    assert rows == sorted(set(rows))  # distinct rows of the set, in their original order
+    np.testing.assert_array_equal(stats.features, features[rows])
+    np.testing.assert_allclose(stats.mu, features.mean(axis=0), rtol=1e-6)
+    assert fid.stats_from_features(features, source="x", keep_features=None).features.shape == (
+        50, 4)
+    assert fid.stats_from_features(features, source="x", keep_features=0).features is None
+
+
+def _stats_with_features(features: np.ndarray, n: int | None = None) -> fid.FidStats:
+    """FidStats of `features` that keep all of them (as made by `ddim fid ref`)."""
+    stats = fid.stats_from_features(features, source="made by hand", keep_features=None)
+    return stats if n is None else dataclasses.replace(stats, n=n)
+
+
+@pytest.mark.parametrize(("features", "n", "message"), [
+    (np.ones((5, 3), dtype=np.int64), None, "features are int64, not float32"),
+    (np.ones((5, 2), dtype=np.float32), None, r"must be \(K, 3\), like mu"),
+    (np.ones(5, dtype=np.float32), None, r"must be \(K, 3\)"),
+    (np.ones((1, 3), dtype=np.float32), None, "1 feature rows for n = 20 images"),
+    (np.ones((30, 3), dtype=np.float32), None, "30 feature rows for n = 20 images"),
+    (np.full((5, 3), np.nan, dtype=np.float32), None, "NaN or infinite"),
+])
+def test_stored_features_are_validated_on_load(tmp_path, features, n, message):
+    good = _stats_with_features(np.random.default_rng(6).uniform(0, 1, size=(20, 3)))
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=good.mu, sigma=good.sigma, n=np.int64(good.n), features=features,
+             network_sha256=np.str_(good.network_sha256), convention=np.str_(good.convention),
+             source=np.str_(good.source))
+    with pytest.raises(DdimError, match=message):
+        fid.load_stats(path)
+
+
+def test_features_round_trip_and_kid_from_a_stats_file(tmp_path):
+    rng = np.random.default_rng(7)
+    ref = _stats_with_features(rng.uniform(0, 1, size=(12, 3)))
+    fid.save_stats(ref, tmp_path / "ref.npz")
+    back = fid.load_stats(tmp_path / "ref.npz")
+    assert back.features.dtype == np.float32
+    np.testing.assert_array_equal(back.features, ref.features)
+    gen = rng.gamma(2.0, 0.3, size=(10, 3))
+    kid = fid.kid_from_features(gen, tmp_path / "ref.npz", n_subsets=3)
+    assert kid == fid.kernel_inception_distance(gen, back.features, n_subsets=3)
+    assert kid.subset_size == 10 and kid.mean > 0
+
+
+def test_a_reference_without_features_gives_fid_and_says_how_to_rebuild_it(tmp_path):
+    rng = np.random.default_rng(8)
+    old = dataclasses.replace(_stats_with_features(rng.uniform(0, 1, size=(12, 3))),
+                              features=None, source="data/cifar [train]: 12 images, 3x32x32 uint8")
+    path = tmp_path / "old ref.npz"
+    fid.save_stats(old, path)
+    assert fid.load_stats(path).features is None
+    with pytest.raises(DdimError, match=(r"holds no Inception features .* rebuild it with "
+                                         r"`ddim fid ref data/cifar --subdir train -o "
+                                         r"'.*old ref.npz'`")):
+        fid.kid_from_features(rng.uniform(0, 1, size=(5, 3)), path)
+    # the settings record `ddim fid ref` left beside it gives the exact command
+    record = {"settings": {"images": {"path": "/d/c10.zip", "subdir": None, "crop": "center",
+                                      "resolution": 16}, "n": 1000}}
+    (tmp_path / "old ref.npz.settings.json").write_text(json.dumps(record))
+    assert fid.ref_command(path, old) == (f"ddim fid ref /d/c10.zip --resolution 16 --n 1000 "
+                                          f"-o '{path}'")
+    assert fid.ref_command(tmp_path / "x.npz", dataclasses.replace(old, source="?")) == (
+        f"ddim fid ref DATA -o {tmp_path / 'x.npz'}")
+
+
 # --- the image convention ----------------------------------------------------------------------
 
 
@@ -249,6 +383,21 @@ def test_compute_fid_from_a_generator_of_batches(sets, features, tmp_path, capsy
     expected = fid.frechet_distance(*fid.statistics(features[1]), ref.mu, ref.sigma)
     assert got == pytest.approx(expected, abs=1e-4)
     assert "16/16" in capsys.readouterr().err  # the progress bar knew the total
+    np.testing.assert_array_equal(ref.features, features[0].astype(np.float32))  # all 16 kept
+
+
+def test_compute_scores_gives_fid_and_kid_from_one_pass(monkeypatch):
+    ref_features, features = _feature_sets(9)  # stand-ins for Inception's, 6-d
+    passes = []
+    monkeypatch.setattr(fid, "inception_features", lambda images, **_: passes.append(1) or (
+        features))
+    ref = fid.stats_from_features(ref_features, source="set a")
+    images = torch.zeros(7, 3, 8, 8, dtype=torch.uint8)
+    scores = fid.compute_scores(images, ref)
+    assert scores.fid == fid.frechet_distance(*fid.statistics(features), ref.mu, ref.sigma)
+    assert scores.kid == fid.kernel_inception_distance(features, ref.features)
+    assert scores.kid.subset_size == 7 and len(passes) == 1
+    assert fid.compute_scores(images, dataclasses.replace(ref, features=None)).kid is None
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -267,9 +416,50 @@ def test_cli_ref_then_calc(tmp_path, capsys):
     assert main(["fid", "calc", str(tmp_path / "samples.npz"), "--ref", str(ref), *common]) == 0
     result = json.loads((tmp_path / "samples-fid.json").read_text())
     assert result["n"] == 8 and result["ref_n"] == 8 and result["fid"] > 1
-    assert result["convention"] == fid.CONVENTION and "FID" in capsys.readouterr().out
+    assert result["kid"]["subset_size"] == 8 and result["kid"]["n_subsets"] == 100
+    assert np.isfinite(result["kid"]["mean"]) and result["kid"]["ref_features"] == 8
+    out = capsys.readouterr().out
+    assert result["convention"] == fid.CONVENTION and "FID" in out
+    assert "± " in out and "over 100 subsets of 8 features per set" in out
+    # a reference made before KID names the command that rebuilds it, features included
+    fid.save_stats(dataclasses.replace(fid.load_stats(ref), features=None), ref)
+    command = fid.missing_features(fid.load_stats(ref), ref).split("`")[1]
+    assert command == f"ddim fid ref {tmp_path / 'data'} -o {ref}"
+    assert main([*shlex.split(command)[1:], *common]) == 0  # as it was made: no --overwrite
+    assert fid.load_stats(ref).features.shape == (8, fid.FEATURE_DIM)
     out = tmp_path / "self.json"
     assert main(["fid", "calc", str(tmp_path / "data"), "--ref", str(ref), "--json", str(out),
                  *common]) == 0
     assert abs(json.loads(out.read_text())["fid"]) < 1e-6
     assert main(["fid", "calc", str(tmp_path / "data"), "--ref", str(tmp_path / "no.npz")]) == 2
+
+
+def test_cli_calc_reports_kid_or_why_not(tmp_path, capsys, monkeypatch):
+    """`calc` against a reference with features prints and records KID; against one made before
+    KID it still gives FID, and says KID is unavailable and which command rebuilds the file."""
+    from ddim.cli import main
+
+    ref_features, features = _feature_sets(10)  # stand-ins for Inception's, 6-d
+    monkeypatch.setattr(fid, "stats_from_images", lambda images, *, source, **_: (
+        fid.stats_from_features(features, source=source, keep_features=None)))
+    np.savez(tmp_path / "samples.npz", _images(7, 8, seed=11).permute(0, 2, 3, 1).numpy())
+    ref = fid.stats_from_features(ref_features, source="cifar [train]: 9 images, 3x8x8 uint8")
+    fid.save_stats(ref, tmp_path / "ref.npz")
+    fid.save_stats(dataclasses.replace(ref, features=None), tmp_path / "old.npz")
+
+    def calc(name):
+        out = tmp_path / f"{name}.json"
+        assert main(["fid", "calc", str(tmp_path / "samples.npz"), "--ref",
+                     str(tmp_path / f"{name}.npz"), "--json", str(out)]) == 0
+        return json.loads(out.read_text()), capsys.readouterr().out
+
+    result, printed = calc("ref")
+    kid = fid.kernel_inception_distance(features.astype(np.float32), ref.features)
+    assert result["kid"] == {**kid._asdict(), "ref_features": 9}
+    assert f"KID {kid.mean:.6f} ± {kid.std:.6f} (mean ± std over 100 subsets of 7" in printed
+    old, printed = calc("old")
+    assert old["fid"] == result["fid"]
+    why = f"{tmp_path / 'old.npz'} holds no Inception features (made before KID), so no KID"
+    assert old["kid"] == {"unavailable": f"{why}; rebuild it with `ddim fid ref cifar --subdir "
+                                         f"train -o {tmp_path / 'old.npz'}`"}
+    assert f"KID unavailable: {why}" in printed

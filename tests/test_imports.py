@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ddim"
 LAYERS = {
     "errors": 0,
     "version": 0,
+    "scalars": 1,
     "files": 1,
     "device": 1,
     "progress": 1,

@@ -6,6 +6,7 @@ import torch
 
 import ddim
 from ddim.device import cpu_has_native_bf16, native_bf16
+from ddim.diffusion.samplers import sample_dpmpp_2m
 from ddim.network.precision import Precision, describe, eps_model_for, named_precision
 from ddim.training import train
 
@@ -59,6 +60,16 @@ def test_mixed_runs_bf16_below_the_threshold_only():
     assert fp32(torch.randn(1, 3, 4, 4), torch.tensor([10])).dtype == torch.float32
 
 
+def test_dpmpp_2m_runs_under_the_mixed_path():
+    net = Recorder()
+    eps_model = eps_model_for(net, named_precision("mixed", torch.device("cpu")))
+    out = sample_dpmpp_2m(eps_model, torch.randn(1, 3, 4, 4), ddim.make_betas(), steps=10,
+                          skip="logsnr")
+    assert [t for t, _ in net.calls] == ddim.timesteps(1000, 10, "logsnr",
+                                                       betas=ddim.make_betas())[::-1]
+    assert all(bf16 == (t < 500) for t, bf16 in net.calls) and out.dtype == torch.float32
+
+
 def test_fp32_channels_last_gives_the_eager_images(tiny_checkpoint):
     net, config = ddim.load_model(tiny_checkpoint)
     x_T = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(0))
@@ -106,7 +117,7 @@ def saved_for_backward(fn) -> int:
 
 
 @pytest.mark.parametrize("sampler", ["sample", "sample_ddpm", "encode", "reconstruct",
-                                     "interpolate"])  # fmt: skip
+                                     "interpolate", "sample_dpmpp_2m"])  # fmt: skip
 def test_samplers_keep_no_graph_whatever_the_model(sampler):
     net = Growing()
     assert all(p.requires_grad for p in net.parameters())
@@ -119,6 +130,7 @@ def test_samplers_keep_no_graph_whatever_the_model(sampler):
         "encode": lambda: ddim.encode(eps_model, x, betas, steps=20),
         "reconstruct": lambda: ddim.reconstruct(eps_model, x, betas, steps=20),
         "interpolate": lambda: ddim.interpolate(eps_model, x[0], x[1], betas, steps=20, num=4),
+        "sample_dpmpp_2m": lambda: sample_dpmpp_2m(eps_model, x, betas, steps=20),
     }[sampler]
     # the check itself sees a graph being kept: one model call outside the samplers saves tensors
     assert saved_for_backward(lambda: eps_model(x, torch.tensor([5] * 8))) > 0

@@ -3,12 +3,13 @@ closed form, every step is affine, and output moments follow by hand-written rec
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import ddim.diffusion.samplers as samplers
-from ddim.diffusion.oracle import GaussianOracle, toy_data
-from ddim.diffusion.schedule import alpha_bars, make_betas, timesteps
+from ddim.diffusion.oracle import GaussianOracle, ode_error, toy_data
+from ddim.diffusion.schedule import alpha_bars, betas_from_alpha_bars, make_betas, timesteps
 from ddim.errors import DdimError
 
 BETAS = make_betas("linear", 1000)
@@ -268,3 +269,140 @@ def test_bad_sampler_arguments():
         samplers.sample(
             oracle, x, BETAS, steps=3, eta=1.0, generator=samplers.generators_from_seeds([1, 2])
         )
+
+
+# --- DPM-Solver++(2M) --------------------------------------------------------------------------
+
+
+def hand_dpmpp_2m(seq, x, eps_model, alpha_bar):
+    """DPM-Solver++(2M) written as Lu et al. 2022 state it (Algorithm 2), in α_t, σ_t, λ_t."""
+    full = [-1, *seq]
+    x0_prev = h_prev = None
+    for i in range(len(full) - 1, 0, -1):
+        s, t = full[i], full[i - 1]
+        a_s, a_t = float(alpha_bar[s]), 1.0 if t < 0 else float(alpha_bar[t])
+        alpha_s, sigma_s, alpha_t, sigma_t = (math.sqrt(a_s), math.sqrt(1 - a_s),
+                                              math.sqrt(a_t), math.sqrt(1 - a_t))
+        eps = eps_model(x, torch.full((x.shape[0],), s, dtype=torch.long))
+        x0 = (x - sigma_s * eps) / alpha_s  # x_θ, the data prediction
+        if t < 0:  # into clean data: λ_t = ∞, e^{−h} = 0, first order
+            x = x0
+            continue
+        h = math.log(alpha_t / sigma_t) - math.log(alpha_s / sigma_s)
+        D = x0
+        if x0_prev is not None:
+            r = h_prev / h
+            D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x = sigma_t / sigma_s * x - alpha_t * (math.exp(-h) - 1) * D
+        x0_prev, h_prev = x0, h
+    return x
+
+
+@pytest.mark.parametrize("skip, S", [("uniform", 10), ("quad", 20), ("logsnr", 15)])
+def test_dpmpp_2m_is_the_papers_update(skip, S):
+    _, _, oracle = oracle_setup()
+    x_T = torch.randn(8, 16, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    out = samplers.sample_dpmpp_2m(oracle, x_T, BETAS, steps=S, skip=skip)
+    seq = timesteps(1000, S, skip, betas=BETAS)
+    torch.testing.assert_close(out, hand_dpmpp_2m(seq, x_T, oracle, ALPHA_BAR), rtol=1e-10,
+                               atol=1e-10)
+    assert oracle.calls == 2 * len(seq)  # one network call per timestep, as DDIM
+
+
+def test_dpmpp_2m_first_and_last_steps_are_ddims():
+    _, _, oracle = oracle_setup()
+    x_T = torch.randn(4, 16, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    ddim_steps, steps = [], []
+    samplers.sample(oracle, x_T, BETAS, steps=10, callback=ddim_steps.append)
+    out = samplers.sample_dpmpp_2m(oracle, x_T, BETAS, steps=10, callback=steps.append)
+    assert torch.equal(steps[0].x, ddim_steps[0].x)  # no previous prediction: DDIM's step
+    assert torch.equal(steps[0].x0_pred, ddim_steps[0].x0_pred)
+    assert not torch.allclose(steps[1].x, ddim_steps[1].x)  # the correction is on from step 2
+    last = samplers.ddim_plan(BETAS, [timesteps(1000, 10)[0]])[0]  # τ_1 → clean data, η = 0
+    eps = oracle(steps[-2].x, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(out, samplers.generalized_step(steps[-2].x, eps, last)[0],
+                               rtol=0, atol=0)
+    assert torch.equal(out, steps[-1].x0_pred)  # it lands on its own x_0 prediction
+
+
+@pytest.mark.parametrize("steps, skip", [(10, "uniform"), (20, "quad"), (7, "trailing"),
+                                         (12, "logsnr"), ([0, 3, 40, 41, 500, 999], "uniform")])
+def test_dpmpp_2m_walks_every_timestep_array_once(steps, skip):
+    _, _, oracle = oracle_setup()
+    w = torch.ones((), dtype=torch.float64, requires_grad=True)  # a trainable weight
+    seen, calls = [], []
+    model = lambda x, t: (seen.append(int(t[0])), oracle(x, t) * w)[1]  # noqa: E731
+    x_T = torch.randn(2, 16, dtype=torch.float64)
+    out = samplers.sample_dpmpp_2m(model, x_T, BETAS, steps=steps, skip=skip,
+                                   callback=calls.append)
+    seq = timesteps(1000, steps, skip, betas=BETAS)
+    assert seen == seq[::-1] and [c.t for c in calls] == seq[::-1]
+    assert [c.t_next for c in calls] == [*seq[::-1][1:], -1]
+    assert [c.index for c in calls] == list(range(len(seq)))
+    assert not out.requires_grad and not any(c.x.requires_grad for c in calls)
+
+
+def test_dpmpp_2m_clips_predictions_only_when_asked():
+    wild = lambda x, t: -5 * torch.ones_like(x)  # noqa: E731  # predicts x_0 far outside [−1, 1]
+    x_T = torch.zeros(1, 4, dtype=torch.float64)
+    assert samplers.sample_dpmpp_2m(wild, x_T, BETAS, steps=5).abs().max() > 1
+    clipped = []
+    samplers.sample_dpmpp_2m(wild, x_T, BETAS, steps=5, clip_x0=True, callback=clipped.append)
+    assert all(c.x0_pred.abs().max() <= 1 for c in clipped)
+
+
+# --- the order of DDIM and DPM-Solver++(2M) on the exact probability-flow ODE ------------------
+
+ORDER_STEPS = (10, 20, 40, 80, 160)
+
+
+def lambda_linear_betas():
+    """A schedule whose λ falls linearly in t over the linear schedule's range (λ_0 to λ_999), so
+    integer timesteps resolve any λ-even grid: every logsnr grid below has S distinct steps."""
+    lam = 0.5 * (ALPHA_BAR.log() - (1 - ALPHA_BAR).log())
+    return betas_from_alpha_bars(torch.sigmoid(2 * torch.linspace(float(lam[0]), float(lam[-1]),
+                                                                  1000, dtype=torch.float64)))
+
+
+def errors_at_t0(betas, mean, std, x_T):
+    """RMS error at t = 0 of DDIM (η = 0) and of 2M against the exact ODE solution, per S (the
+    last step, into clean data, is the same fixed-size step for every S: see `ode_error`)."""
+    oracle = GaussianOracle(mean, std, betas)
+    errors = {"ddim": [], "2m": []}
+    for S in ORDER_STEPS:
+        seq = timesteps(1000, S, "logsnr", betas=betas)
+        assert seq[0] == 0
+        errors["ddim"].append(ode_error(samplers.sample, oracle, betas, x_T, seq))
+        errors["2m"].append(ode_error(samplers.sample_dpmpp_2m, oracle, betas, x_T, seq))
+    return errors
+
+
+def fitted_order(errors, first=0):
+    """Slope of log error against log S, least squares, from ORDER_STEPS[first] on."""
+    return float(np.polyfit(np.log(ORDER_STEPS[first:]), np.log(errors[first:]), 1)[0])
+
+
+def test_ddim_is_first_order_and_2m_second_order_on_the_exact_ode():
+    mean, std = toy_data(16)
+    x_T = torch.randn(64, 16, generator=torch.Generator().manual_seed(30), dtype=torch.float64)
+    betas = lambda_linear_betas()
+    assert all(len(timesteps(1000, S, "logsnr", betas=betas)) == S for S in ORDER_STEPS)
+    errors = errors_at_t0(betas, mean, std, x_T)
+    assert fitted_order(errors["ddim"]) == pytest.approx(-1, abs=0.2)
+    assert fitted_order(errors["2m"]) == pytest.approx(-2, abs=0.3)
+    # S = 10 (h = 1.07 in λ) is not yet asymptotic; from S = 20 on the order is 2 to 0.1
+    assert fitted_order(errors["2m"], first=1) == pytest.approx(-2, abs=0.1)
+    assert errors["ddim"][0] >= 5 * errors["2m"][0]  # S = 10
+    assert all(e2 < e1 for e1, e2 in zip(errors["ddim"], errors["2m"]))
+
+
+def test_integer_timesteps_near_zero_cap_2m_on_the_linear_schedule():
+    """With linear β, large-S logsnr grids repeat t = 0, 1, 2, … (λ gaps 0.39, 0.25, …): those
+    fixed steps cap 2M's gains at large S, but it still beats DDIM ≥ 5× at S = 10 and at every S."""
+    mean, std = toy_data(16)
+    x_T = torch.randn(64, 16, generator=torch.Generator().manual_seed(30), dtype=torch.float64)
+    errors = errors_at_t0(BETAS, mean, std, x_T)
+    assert fitted_order(errors["ddim"]) == pytest.approx(-1, abs=0.2)
+    assert errors["ddim"][0] >= 5 * errors["2m"][0]
+    assert all(e2 < e1 / 5 for e1, e2 in zip(errors["ddim"], errors["2m"]))
+    assert fitted_order(errors["2m"]) < -1.2  # better than first order, short of second

@@ -21,13 +21,19 @@ def test_linear_is_the_ddpm_schedule():
     [
         ("quad", lambda T, b0, b1: np.linspace(b0**0.5, b1**0.5, T) ** 2),
         ("const", lambda T, b0, b1: np.full(T, b1)),
-        ("jsd", lambda T, b0, b1: np.array([1.0 / (T - i) for i in range(T)])),
         ("sigmoid", lambda T, b0, b1: b0 + (b1 - b0) / (1 + np.exp(-np.linspace(-6, 6, T)))),
     ],
 )
 def test_official_schedules(kind, expected):
     betas = schedule.make_betas(kind, 200, 1e-4, 0.02).numpy()
     np.testing.assert_allclose(betas, expected(200, 1e-4, 0.02), rtol=1e-12, atol=1e-15)
+
+
+def test_jsd_is_the_official_formula_and_refused_because_its_alpha_bar_reaches_zero():
+    betas = schedule._betas("jsd", 200, 1e-4, 0.02).numpy()
+    np.testing.assert_allclose(betas, [1.0 / (200 - i) for i in range(200)], rtol=1e-12)
+    with pytest.raises(DdimError, match=r"β = 1 at t = 199, so ᾱ is 0"):
+        schedule.make_betas("jsd", 200)
 
 
 def test_cosine_matches_its_alpha_bar_closed_form():
@@ -81,6 +87,51 @@ def test_trailing_ends_at_last_timestep():
     assert seq == [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]
     assert len(schedule.timesteps(1000, 7, "trailing")) == 7
     assert schedule.timesteps(1000, 7, "trailing")[-1] == 999
+
+
+def test_logsnr_is_nearest_in_lambda_to_an_even_grid():
+    betas = schedule.make_betas("linear", 1000)
+    lam = schedule.lambdas(schedule.alpha_bars(betas)).numpy()
+    for S in (2, 10, 20, 160):
+        seq = schedule.timesteps(1000, S, "logsnr", betas=betas)
+        targets = np.linspace(lam[0], lam[-1], S)
+        nearest = sorted({int(np.abs(lam - target).argmin()) for target in targets})
+        assert seq == nearest and seq[0] == 0 and seq[-1] == 999
+    # with few steps every target has its own timestep, and the λ gaps are even to rounding
+    seq = schedule.timesteps(1000, 10, "logsnr", betas=betas)
+    assert seq == [0, 5, 22, 73, 202, 410, 603, 757, 886, 999]
+    gaps = -np.diff(lam[seq])
+    np.testing.assert_allclose(gaps, (lam[0] - lam[-1]) / 9, rtol=0.15)
+    # near t = 0 adjacent timesteps lie further apart in λ than S = 160's even spacing, so the
+    # grid repeats them there; repeats are dropped
+    assert lam[0] - lam[1] > 5 * (lam[0] - lam[-1]) / 159
+    assert len(schedule.timesteps(1000, 160, "logsnr", betas=betas)) == 144
+
+
+def test_logsnr_is_plain_on_a_schedule_linear_in_lambda():
+    """When λ falls linearly in t, the λ-even grid is the t-even one (9 divides 999)."""
+    alpha_bar = torch.sigmoid(2 * torch.linspace(5.0, -5.0, 1000, dtype=torch.float64))
+    betas = schedule.betas_from_alpha_bars(alpha_bar)
+    torch.testing.assert_close(schedule.alpha_bars(betas), alpha_bar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(schedule.lambdas(alpha_bar), torch.linspace(5.0, -5.0, 1000,
+                               dtype=torch.float64), rtol=0, atol=1e-9)
+    assert schedule.timesteps(1000, 10, "logsnr", betas=betas) == list(range(0, 1000, 111))
+
+
+def test_half_log_snr_is_infinite_for_clean_data():
+    assert schedule.half_log_snr(1.0) == math.inf
+    assert schedule.half_log_snr(0.5) == 0.0
+    assert schedule.half_log_snr(0.8) == pytest.approx(math.log(2))
+
+
+def test_logsnr_needs_a_usable_schedule():
+    with pytest.raises(DdimError, match="needs the betas"):
+        schedule.timesteps(1000, 10, "logsnr")
+    with pytest.raises(DdimError, match="got 10 betas for T = 1000"):
+        schedule.timesteps(1000, 10, "logsnr", betas=schedule.make_betas("linear", 10))
+    with pytest.raises(DdimError, match="0 < ᾱ_t < 1"):  # jsd ends at ᾱ = 0, λ = −∞
+        schedule.timesteps(1000, 10, "logsnr", betas=schedule.make_betas("jsd", 1000))
+    assert schedule.timesteps(1000, [3, 7], "logsnr") == [3, 7]  # an explicit list needs none
 
 
 def test_explicit_list():

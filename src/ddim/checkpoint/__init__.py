@@ -15,6 +15,7 @@ from ddim.checkpoint.load import (
     load_checkpoint,
     load_model,
     model_from_checkpoint,
+    provenance,
 )
 from ddim.checkpoint.weights import Checkpoint
 
@@ -26,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
+    "provenance",
     "remove_checkpoint",
     "save_checkpoint",
 ]

@@ -22,6 +22,16 @@ export (`verify_diffusers`), and is imported then. The parameter names map one t
     norm_out                conv_norm_out
 
 where L is the number of levels (diffusers numbers its up blocks from the bottom).
+
+The scheduler. Our export writes the β schedule in diffusers' terms and our sampling defaults in
+the private key `_ddim_sampling` (diffusers ignores keys starting with "_"), since diffusers has
+no `quad` spacing: a folder converted back samples the same images. Which weights the export
+holds (EMA or raw) goes into `unet/config.json` as `_ddim_weights`. Reading a scheduler, every
+option our samplers do not implement is refused rather than ignored (`_check_scheduler`):
+trained or zero-SNR-rescaled betas, predictions other than ε, thresholding, a steps offset,
+ᾱ_{−1} ≠ 1, spacings other than leading and trailing, DDPM variances other than the small one,
+and clipping other than our samplers' default (off for DDIM, on for DDPM, to [−1, 1]). Leading and
+trailing are our uniform and trailing when S divides T (diffusers rounds otherwise).
 """
 
 from __future__ import annotations
@@ -51,6 +61,30 @@ _OLD_ATTN_PARTS = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_ou
 _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
 _SCHEDULES = {"linear": "linear", "quad": "scaled_linear", "sigmoid": "sigmoid"}
 _SPACINGS = {"uniform": "leading", "trailing": "trailing"}
+# Scheduler options our samplers implement only at one value: class -> option -> (the value we
+# implement, diffusers' default where the file leaves it out, what to do instead).
+_DDIM_CLIP = "our DDIM sampler clips x_0 only when asked (clip_x0=True, --clip-x0 on)"
+_DDPM_CLIP = "our DDPM sampler clips x_0 to [-1, 1] unless asked not to (clip_x0=False)"
+_COMMON_OPTIONS = {
+    "trained_betas": (None, None, "give the schedule as a config"),
+    "rescale_betas_zero_snr": (False, False, "zero-SNR rescaling is not implemented"),
+    "prediction_type": ("epsilon", "epsilon", "only epsilon-prediction is supported"),
+    "thresholding": (False, False, "dynamic thresholding is not implemented"),
+    "steps_offset": (0, 0, "timesteps are not offset here"),
+}
+_SCHEDULER_OPTIONS = {
+    "DDIMScheduler": {
+        **_COMMON_OPTIONS,
+        "clip_sample": (False, True, _DDIM_CLIP),
+        "set_alpha_to_one": (True, True, "the last step goes to clean data (ᾱ = 1)"),
+    },
+    "DDPMScheduler": {
+        **_COMMON_OPTIONS,
+        "clip_sample": (True, True, _DDPM_CLIP),
+        "clip_sample_range": (1.0, 1.0, "x_0 is clipped to [-1, 1]"),
+        "variance_type": ("fixed_small", "fixed_small", "pass variance='large' per call for β"),
+    },
+}
 
 
 def _invert(d: dict[str, str]) -> dict[str, str]:
@@ -222,6 +256,7 @@ def diffusers_scheduler_config(config: Config) -> dict[str, Any]:
         "steps_offset": 0,
         "prediction_type": "epsilon",
         "timestep_spacing": _SPACINGS.get(config.sampling.skip, "leading"),
+        "_ddim_sampling": config.to_dict()["sampling"],  # quad has no diffusers name
     }
 
 
@@ -231,6 +266,7 @@ def export_diffusers(checkpoint: Checkpoint, folder: str | Path, *, use_ema: boo
         raise DdimError(f"{checkpoint.path} records no schedule: give a config to export it")
     folder = Path(folder)
     unet_config = diffusers_unet_config(checkpoint.model_config, checkpoint.image_size)
+    unet_config["_ddim_weights"] = checkpoint.weights_label(use_ema)
     scheduler_config = diffusers_scheduler_config(checkpoint.config)
     state = to_diffusers_state(checkpoint.weights(use_ema))
     weights = {k: v.contiguous() for k, v in state.items()}
@@ -320,17 +356,14 @@ def model_config_from_diffusers(unet: dict[str, Any], source: str) -> tuple[Mode
 def config_from_diffusers(
     model: ModelConfig, image_size: int, scheduler: dict, source: str
 ) -> Config:
-    """A Config from a UNet's ModelConfig and a `DDIMScheduler`/`DDPMScheduler` config dict."""
+    """A Config from a UNet's ModelConfig and a `DDIMScheduler`/`DDPMScheduler` config dict;
+    options our samplers do not implement are refused (`_check_scheduler`)."""
+    _check_scheduler(scheduler, source)
     schedule = _invert(_SCHEDULES).get(scheduler.get("beta_schedule", "linear"))
-    if schedule is None or scheduler.get("trained_betas") is not None:
+    if schedule is None:
         raise DdimError(
             f"{source}: beta_schedule={scheduler.get('beta_schedule')!r} "
             f"is not one of {', '.join(_SCHEDULES.values())}"
-        )
-    if scheduler.get("prediction_type", "epsilon") != "epsilon":
-        raise DdimError(
-            f"{source}: prediction_type={scheduler['prediction_type']!r}; "
-            "only epsilon-prediction is supported"
         )
     diffusion = DiffusionConfig(
         beta_schedule=schedule,
@@ -338,9 +371,47 @@ def config_from_diffusers(
         beta_end=float(scheduler.get("beta_end", 0.02)),
         num_diffusion_timesteps=int(scheduler.get("num_train_timesteps", 1000)),
     )
-    skip = _invert(_SPACINGS).get(scheduler.get("timestep_spacing", "leading"), "uniform")
     data = DataConfig(dataset="unknown", image_size=image_size, channels=model.in_channels)
-    return Config(model=model, diffusion=diffusion, data=data, sampling=SamplingConfig(skip=skip))
+    sampling = _sampling_from_scheduler(scheduler, source)
+    return Config(model=model, diffusion=diffusion, data=data, sampling=sampling)
+
+
+def _check_scheduler(scheduler: dict, source: str) -> None:
+    """Refuse a scheduler class or option value that our samplers would not honour."""
+    name = scheduler.get("_class_name", "DDIMScheduler")
+    if name not in _SCHEDULER_OPTIONS:
+        raise DdimError(
+            f"{source}: a {name}; ddim reads the schedule of a "
+            f"{' or '.join(_SCHEDULER_OPTIONS)} only"
+        )
+    for key, (needed, default, instead) in _SCHEDULER_OPTIONS[name].items():
+        value = scheduler.get(key, default)
+        if value != needed:
+            raise DdimError(
+                f"{source}: {key}={value!r} is not what ddim's samplers do ({key}={needed!r}): "
+                f"{instead}; refusing rather than ignoring it"
+            )
+    spacing = scheduler.get("timestep_spacing", "leading")
+    if spacing not in _SPACINGS.values():
+        raise DdimError(
+            f"{source}: timestep_spacing={spacing!r} is not implemented; ddim reads "
+            f"{' and '.join(map(repr, _SPACINGS.values()))} (our uniform and trailing)"
+        )
+
+
+def _sampling_from_scheduler(scheduler: dict, source: str) -> SamplingConfig:
+    """Our sampling defaults as our export recorded them, else the spacing's; the two agree."""
+    spacing = scheduler.get("timestep_spacing", "leading")
+    recorded = scheduler.get("_ddim_sampling")
+    if recorded is None:
+        return SamplingConfig(skip=_invert(_SPACINGS)[spacing])
+    sampling = Config.from_dict({"sampling": recorded}).sampling
+    if _SPACINGS.get(sampling.skip, "leading") != spacing:
+        raise DdimError(
+            f"{source}: timestep_spacing={spacing!r} disagrees with _ddim_sampling.skip="
+            f"{sampling.skip!r} that ddim wrote beside it (was the file edited?)"
+        )
+    return sampling
 
 
 def load_diffusers_folder(folder: str | Path) -> Checkpoint:
@@ -349,9 +420,8 @@ def load_diffusers_folder(folder: str | Path) -> Checkpoint:
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
     if not (unet_dir / "config.json").is_file():
         raise DdimError(f"{str(folder)!r} is not a diffusers folder (no unet/config.json)")
-    model, image_size = model_config_from_diffusers(
-        _read_json(unet_dir / "config.json"), str(unet_dir / "config.json")
-    )
+    unet = _read_json(unet_dir / "config.json")
+    model, image_size = model_config_from_diffusers(unet, str(unet_dir / "config.json"))
     state = from_diffusers_state(_read_diffusers_weights(unet_dir))
     check_weights_fit(state, model, image_size, str(unet_dir))
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
@@ -360,7 +430,10 @@ def load_diffusers_folder(folder: str | Path) -> Checkpoint:
         config = config_from_diffusers(
             model, image_size, _read_json(scheduler_file), str(scheduler_file)
         )
-    return Checkpoint(folder, "diffusers", state, None, model, image_size, config)
+    label = unet.get("_ddim_weights")  # which weights our export holds
+    label = label if label in ("ema", "raw") else "unlabelled"
+    return Checkpoint(folder, "diffusers", state, None, model, image_size, config,
+                      model_weights=label)
 
 
 def _read_diffusers_weights(unet_dir: Path) -> dict[str, torch.Tensor]:

@@ -50,7 +50,8 @@ def foreign_checkpoint(path: Path, kind: str, model: dict, ema: dict | None) -> 
     check_weights_fit(model, model_config, image_size, str(path))
     if ema is not None:
         check_weights_fit(ema, model_config, image_size, f"{path} (EMA weights)")
-    return Checkpoint(path, kind, model, ema, model_config, image_size)
+    single = "raw" if kind == "official" else "unlabelled"  # ckpt.pth: [model, …, ema]
+    return Checkpoint(path, kind, model, ema, model_config, image_size, model_weights=single)
 
 
 def infer_model_config(state: dict, source: str = "weights") -> tuple[ModelConfig, int]:

@@ -238,7 +238,15 @@ def from_ours(path: Path, tensors: dict[str, torch.Tensor], raw_meta: dict[str, 
         step=meta["step"],
         meta=meta,
         train_state_loader=lambda: _load_train_state(path, meta.get("train_state")),
+        model_weights="raw" if ema else _single_weights(meta),
     )
+
+
+def _single_weights(meta: dict[str, Any]) -> str:
+    """What the one set of weights in our file is: an export records "ema" or "raw" in
+    `extra.weights`; a training run without EMA (or a caller's `model_state`) is raw."""
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    return extra.get("weights") if extra.get("weights") in ("ema", "raw") else "raw"
 
 
 def _unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -11,10 +11,18 @@
 Pickle-based files are opened only with `torch.load(weights_only=True)`: a file that would run
 code, or holds anything but tensors and plain containers, is refused. Weights holding NaN or
 infinity are refused whatever the kind.
+
+What a checkpoint records is what runs. A `config` given for a checkpoint that records one (ours,
+a diffusers folder with its scheduler) must agree with it in every value that decides what the
+network samples (`ddim.config.sampling_differences`), else it is refused naming the first
+difference; the recorded config is kept. A checkpoint that records none takes the given config,
+or has its network inferred from the weights' shapes: `meta["inferred"]` says so, and a warning
+(one line on the command line).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,7 +31,7 @@ from ddim.checkpoint.diffusers import load_diffusers_folder
 from ddim.checkpoint.foreign import foreign_checkpoint, load_pickle, official_names
 from ddim.checkpoint.format import from_ours, is_ours, read_safetensors
 from ddim.checkpoint.weights import Checkpoint, check_finite, check_weights_fit
-from ddim.config import Config, DataConfig, load_config
+from ddim.config import Config, DataConfig, load_config, sampling_differences
 from ddim.errors import DdimError
 from ddim.files import cached_file_sha256, path_sha256
 from ddim.network.unet import UNet
@@ -32,24 +40,29 @@ BUNDLED = "cifar10-32px.safetensors"  # the EMA weights of the CIFAR-10 CPU run,
 
 
 def load_checkpoint(path: str | Path, *, config: Config | str | None = None) -> Checkpoint:
-    """Read any supported checkpoint kind; `config` (Config or name) replaces the recorded one."""
-    path = Path(path)
-    if path.is_dir():
-        checkpoint = load_diffusers_folder(path)
-    elif not path.is_file():
-        raise DdimError(f"no checkpoint file {str(path)!r}")
-    elif sniff(path) == "safetensors":
-        tensors, raw_meta = read_safetensors(path)
-        if is_ours(raw_meta):
-            checkpoint = from_ours(path, tensors, raw_meta)
-        else:
-            checkpoint = foreign_checkpoint(path, "state_dict", official_names(tensors), None)
-    else:
-        checkpoint = load_pickle(path)
+    """Read any supported checkpoint kind; `config` (Config or name) is for checkpoints that
+    record none, and must agree with a recorded one."""
+    checkpoint = _read_checkpoint(Path(path))
     check_finite(checkpoint)
     if config is not None:
-        checkpoint = _with_config(checkpoint, config)
+        return _with_config(checkpoint, config)
+    if checkpoint.config is None:
+        _note_inferred(checkpoint)
     return checkpoint
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint at `path`, of whichever kind its bytes say."""
+    if path.is_dir():
+        return load_diffusers_folder(path)
+    if not path.is_file():
+        raise DdimError(f"no checkpoint file {str(path)!r}")
+    if sniff(path) == "safetensors":
+        tensors, raw_meta = read_safetensors(path)
+        if is_ours(raw_meta):
+            return from_ours(path, tensors, raw_meta)
+        return foreign_checkpoint(path, "state_dict", official_names(tensors), None)
+    return load_pickle(path)
 
 
 def sniff(path: Path) -> str:
@@ -67,9 +80,21 @@ def sniff(path: Path) -> str:
 
 
 def _with_config(checkpoint: Checkpoint, config: Config | str) -> Checkpoint:
-    """The same weights under a config the caller chose; the weights must fit its model."""
+    """The checkpoint under a config the caller gave: refused where it differs from a recorded
+    config in what decides the samples; taken by weights without one (they must fit it)."""
     if not isinstance(config, Config):
         config = load_config(config)
+    if checkpoint.config is not None:
+        differences = sampling_differences(checkpoint.config, config)
+        if differences:
+            named = "; ".join(f"{k} is {a!r} there, {b!r} given" for k, a, b in differences[:3])
+            more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+            raise DdimError(
+                f"{str(checkpoint.path)!r} records its config, and the config given differs: "
+                f"{named}{more}; a checkpoint samples with the config it records: give no "
+                "config (--config is for checkpoints that record none)"
+            )
+        return checkpoint
     for what, state in (("weights", checkpoint.model_state), ("EMA weights", checkpoint.ema_state)):
         if state is not None:
             check_weights_fit(
@@ -77,13 +102,46 @@ def _with_config(checkpoint: Checkpoint, config: Config | str) -> Checkpoint:
             )
     checkpoint.config = config
     checkpoint.model_config, checkpoint.image_size = config.model, config.data.image_size
+    checkpoint.meta["config_source"] = "given"
     return checkpoint
+
+
+def _note_inferred(checkpoint: Checkpoint) -> None:
+    """Say, in `meta["inferred"]` and a warning, that a checkpoint's network was inferred."""
+    model = checkpoint.model_config
+    how = "read from unet/config.json" if checkpoint.kind == "diffusers" else (
+        "inferred from the weights' shapes")
+    note = (
+        f"{checkpoint.path.name} records no config: its network was {how} "
+        f"(ch={model.ch}, ch_mult={list(model.ch_mult)}, attention at "
+        f"{list(model.attn_resolutions)} px, {checkpoint.image_size}x{checkpoint.image_size} "
+        "images) and the paper's schedule is assumed (linear beta 1e-4 to 0.02, T = 1000); "
+        "give a config to state them"
+    )
+    checkpoint.meta["inferred"] = note
+    checkpoint.meta["config_source"] = "inferred"
+    warnings.warn(note, stacklevel=3)
+
+
+def provenance(checkpoint: Checkpoint, *, use_ema: bool = True) -> dict[str, str]:
+    """What a record says about the checkpoint that ran: its kind, which weights
+    (`Checkpoint.weights_label`: raw weights it does not hold are refused), and where its config
+    came from ("recorded", "given" or "inferred", with the note of what was inferred)."""
+    record = {
+        "kind": checkpoint.kind,
+        "weights": checkpoint.weights_label(use_ema),
+        "config": checkpoint.meta.get("config_source", "recorded"),
+    }
+    if "inferred" in checkpoint.meta:
+        record["inferred"] = checkpoint.meta["inferred"]
+    return record
 
 
 def model_from_checkpoint(
     checkpoint: Checkpoint, *, use_ema: bool = True, device: str | torch.device = "cpu"
 ) -> UNet:
-    """The U-Net holding a checkpoint's weights (EMA if asked and present), in eval mode."""
+    """The U-Net holding a checkpoint's weights (EMA if asked and present; raw weights a file
+    does not hold are refused: `Checkpoint.weights_label`), in eval mode."""
     with torch.device("meta"):
         net = UNet.from_config(checkpoint.model_config, checkpoint.image_size)
     net.load_state_dict(checkpoint.weights(use_ema), strict=True, assign=True)

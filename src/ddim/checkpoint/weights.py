@@ -1,6 +1,15 @@
 """What a checkpoint holds, whatever file it came from, and the checks every loader shares:
 weights fit the U-Net a config describes and are finite, pickles are opened without running
-code."""
+code.
+
+A checkpoint holds one or two sets of weights. With two, `model_state` is the raw weights and
+`ema_state` their EMA. With one, `model_weights` says what it is: "raw" (a run without EMA, an
+official ckpt.pth without its EMA), "ema" (an export of the EMA weights, such as the bundled
+model) or "unlabelled" (a plain state_dict or a diffusers folder, which do not say). Asking for
+the raw weights of a file that holds only EMA or unlabelled weights is an error, not a silent
+substitute (`weights_label`); asking for the EMA weights of a file without them gives the one set
+there is, labelled truthfully, so records can say which weights ran.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +42,33 @@ class Checkpoint:
     step: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     train_state_loader: Callable[[], dict | None] = field(default=lambda: None, repr=False)
+    model_weights: str = "raw"  # what model_state holds: "raw", "ema" or "unlabelled"
+
+    @property
+    def has_ema(self) -> bool:
+        """Whether the file holds EMA weights beside the raw ones (two sets)."""
+        return self.ema_state is not None
+
+    def weights_label(self, use_ema: bool = True) -> str:
+        """Which weights `weights(use_ema)` gives: "ema", "raw" or "unlabelled" (a file's only
+        set, of unknown kind); raw weights of a file that holds none is a DdimError."""
+        if self.has_ema:
+            return "ema" if use_ema else "raw"
+        if not use_ema and self.model_weights != "raw":
+            what = {"ema": "its EMA weights only"}.get(
+                self.model_weights, "one set of weights, not labelled raw or EMA"
+            )
+            raise DdimError(
+                f"{str(self.path)!r} holds {what}: there are no raw weights to use "
+                "(use_ema=False; --raw on the command line)"
+            )
+        return self.model_weights
 
     def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        """The EMA weights if asked for and present, else the raw model weights."""
-        return self.ema_state if use_ema and self.ema_state is not None else self.model_state
+        """The EMA weights if asked for and present, else the one set there is (`weights_label`
+        says which it is, and refuses raw weights the file does not hold)."""
+        self.weights_label(use_ema)
+        return self.ema_state if use_ema and self.has_ema else self.model_state
 
     def load_train_state(self) -> dict | None:
         """The training state saved beside the weights (checked against its hash), or None."""

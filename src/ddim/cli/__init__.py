@@ -3,16 +3,24 @@
 Each module `ddim/cli/<name>.py` defines `HELP` (one line), `EXAMPLE` (a copy-paste command line),
 `add_arguments(parser)` and `run(args) -> int | None`. Modules are discovered, so adding a command
 is adding a file.
+
+What a command says on stderr besides its progress bars: a library warning is one line,
+`ddim <cmd>: warning: …` (a note such as "the network was inferred from the weights"); a user
+error (a `DdimError`, the filesystem, memory, host or device) is one line, `ddim <cmd>: error: …`,
+printed after every progress bar is closed, so it is the last line; exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from ddim.errors import DdimError
+from ddim.progress import close_all
 
 
 def _command_modules():
@@ -77,16 +85,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return args._run(args) or 0
+        with one_line_warnings(args.command):
+            return args._run(args) or 0
     except KeyboardInterrupt:
+        close_all()
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # user errors, the filesystem and memory; the rest re-raised
         message = user_error_message(error, args)
         if message is None:
             raise
+        close_all()
         print(f"ddim {args.command}: error: {one_line(message)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """Within the block, warnings print as `ddim <command>: warning: …` on one line."""
+    original = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        return f"ddim {command}: warning: {one_line(str(message))}\n"
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
@@ -109,10 +135,20 @@ def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
+# What torch's CPU allocator says when the host is out of memory (it raises a RuntimeError).
+HOST_OUT_OF_MEMORY = (
+    "DefaultCPUAllocator: can't allocate memory",  # Linux, macOS
+    "DefaultCPUAllocator: not enough memory",  # Windows
+)
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
-    """True for host MemoryError and torch's (CUDA/MPS) OutOfMemoryError."""
+    """True for host MemoryError, torch's (CUDA/MPS) OutOfMemoryError, and the RuntimeError
+    torch raises when the host cannot allocate a tensor."""
     torch = sys.modules.get("torch")
-    return isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
+    if isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in HOST_OUT_OF_MEMORY)
 
 
 def _out_of_memory_hint(args: argparse.Namespace) -> str:

@@ -62,7 +62,8 @@ def run(args) -> int:
             "checkpoint_sha256": checkpoint_sha256(args.ckpt) if args.ckpt else None,
             "config": config.to_dict(), "device": str(device),
         }
-        claim = claim_output(file_output(args.output), settings, overwrite=args.overwrite)
+        output = file_output(args.output, command="bench")
+        claim = claim_output(output, settings, overwrite=args.overwrite)
     with claim:
         results = _measure(args, config, weights, device)
         _report(args, config, device, results)

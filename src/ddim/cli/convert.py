@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help=f"config name ({', '.join(CONFIG_NAMES)}) or yml file, for files that record none",
+        help=f"config name ({', '.join(CONFIG_NAMES)}) or yml file, for files that record none "
+        "(a file that records one keeps it; a --config that differs is refused)",
     )
     parser.add_argument(
         "--raw", action="store_true", help="export the raw weights instead of the EMA weights"
@@ -65,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
     to = args.to or ("ddim" if args.destination.suffix == ".safetensors" else "diffusers")
     if args.destination.resolve() == args.source.resolve():
         raise DdimError(f"the destination {str(args.destination)!r} is the source; write elsewhere")
-    checkpoint = load_checkpoint(args.source, config=args.config)
+    checkpoint = load_checkpoint(args.source, config=args.config)  # --config must agree
     if checkpoint.config is None:
         raise DdimError(
             f"{args.source} records no config (schedule, image size): give --config, "
             f"e.g. --config {CONFIG_NAMES[0]}"
         )
+    checkpoint.weights_label(use_ema=not args.raw)  # --raw of a file without raw weights
     settings = {"source_sha256": checkpoint_sha256(args.source), "to": to, "raw": args.raw,
                 "half": args.half, "config": checkpoint.config.to_dict()}
     with claim_output(_output(args.destination, to), settings, overwrite=args.overwrite):
@@ -89,8 +91,8 @@ def _output(destination: Path, to: str):
     from ddim.files import file_output, folder_output
 
     if to == "ddim":
-        return file_output(destination)
-    return folder_output(destination, DIFFUSERS_NAMES)
+        return file_output(destination, command="convert")
+    return folder_output(destination, DIFFUSERS_NAMES, command="convert", reused=())
 
 
 def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
@@ -108,7 +110,7 @@ def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         extra_meta={
             "converted_from": str(args.source),
             "source_kind": checkpoint.kind,
-            "weights": "raw" if args.raw else "ema",
+            "weights": checkpoint.weights_label(use_ema=not args.raw),
             "float16": args.half,
         },
     )

@@ -50,7 +50,8 @@ def run(args) -> int:
         f"--device {shlex.quote(args.device)}"
     ) + (f" --threads {args.threads}" if args.threads is not None else "")
     settings = {"steps": args.steps, "seed": args.seed, "device": device.type}
-    with claim_output(folder_output(args.out, OWNED), settings, overwrite=args.overwrite):
+    output = folder_output(args.out, OWNED, command="demo", reused=("run",))  # a resumable run
+    with claim_output(output, settings, overwrite=args.overwrite):
         report = run_demo(
             args.out,
             steps=args.steps,

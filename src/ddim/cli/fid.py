@@ -1,4 +1,5 @@
-"""`ddim fid ref|calc`: dataset statistics once, then the FID of generated images against them."""
+"""`ddim fid ref|calc`: dataset statistics once, then the FID and KID of generated images against
+them."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import torch
 
 from ddim.cli._common import SELECTION, SPREAD_HELP, add_overwrite_argument, check_count
 from ddim.errors import DdimError
+from ddim.fid import KID_FEATURES
 
-HELP = "Fréchet Inception Distance: `ref` makes dataset statistics, `calc` scores images."
+HELP = ("Fréchet and Kernel Inception Distances: `ref` makes dataset statistics, `calc` scores "
+        "images.")
 EXAMPLE = (
-    "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz && "
+    "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz && "
     "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz"
 )
-REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py -o fid-refs/cifar10-train.npz"
+REF_EXAMPLE = "ddim fid ref data/cifar-10-batches-py --subdir train -o fid-refs/cifar10-train.npz"
 CALC_EXAMPLE = "ddim fid calc samples/ --ref fid-refs/cifar10-train.npz --json samples-fid.json"
 
 
@@ -48,12 +51,14 @@ def _subparser(subs, name: str, help_: str, example: str) -> argparse.ArgumentPa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `ref` and `calc` sub-subcommands."""
     subs = parser.add_subparsers(dest="fid_command", metavar="{ref,calc}", required=True)
-    ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset (.npz).", REF_EXAMPLE)
+    ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset, with a random "
+                     f"{KID_FEATURES:,} of its features for KID (.npz).", REF_EXAMPLE)
     ref.add_argument("data", help="image folder, zip, cifar-10-batches-py folder or NHWC .npz")
     ref.add_argument("-o", "--out", required=True, help="output stats file (.npz)")
     _add_common(ref)
     ref.set_defaults(_fid_run=run_ref)
-    calc = _subparser(subs, "calc", "FID of images against reference statistics.", CALC_EXAMPLE)
+    calc = _subparser(subs, "calc", "FID and KID of images against reference statistics.",
+                      CALC_EXAMPLE)
     calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images, or a "
                       "`ddim sample` output folder (its samples.npz)")
     calc.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
@@ -80,19 +85,55 @@ def _device(name: str | None) -> torch.device:
 
 
 def sample_folder_images(path: str) -> str:
-    """The images of a `ddim sample` output folder (samples.npz, else png/); other paths as given.
+    """The images of a `ddim sample` output folder (samples.npz, else png/), checked against the
+    folder's record; other paths as given.
 
     A sample folder also holds grid.png and the shards, which are not samples to score.
     """
     folder = Path(path)
-    if not (folder.is_dir() and (folder / "sample.json").is_file()):
+    if not _is_sample_folder(folder):
         return path
     for name in ("samples.npz", "png"):
         if (folder / name).exists():
+            _check_sample_count(folder, folder / name)
             print(f"scoring {folder / name}, the images of `ddim sample`", file=sys.stderr)
             return str(folder / name)
     raise DdimError(f"{path} is a `ddim sample` folder without samples.npz or png/; rerun "
                     "`ddim sample` into it without --no-npz to write them")
+
+
+def _is_sample_folder(folder: Path) -> bool:
+    """Whether a folder is the output of `ddim sample` (its summary, or its record, says so)."""
+    from ddim.files import folder_output, read_record
+
+    if not folder.is_dir():
+        return False
+    record = read_record(folder_output(folder, ()))
+    return (folder / "sample.json").is_file() or (record or {}).get("command") == "sample"
+
+
+def _check_sample_count(folder: Path, images: Path) -> None:
+    """Refuse images of a sample folder that are not the N its sample.json records: what an
+    earlier run left (a samples.npz beside a run with --no-npz, PNGs beyond a smaller --n)."""
+    from ddim.files import npz_headers
+
+    summary = folder / "sample.json"
+    try:
+        n = json.loads(summary.read_text(encoding="utf-8"))["n"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DdimError(f"{folder} has no readable sample.json: its last `ddim sample` did not "
+                        "finish; run it again to completion before scoring") from None
+    if images.is_dir():
+        found = sum(1 for p in images.iterdir() if p.suffix.lower() == ".png")
+    else:
+        shape = next(iter(npz_headers(images).values()), ((), None))[0]
+        found = shape[0] if shape else 0
+    if found != n:
+        raise DdimError(
+            f"{images} holds {found} images but {summary} records {n}: they were left by an "
+            f"earlier run; make them again with `ddim sample` into {folder} (--overwrite starts "
+            "it afresh)"
+        )
 
 
 def _open(path: str, args: argparse.Namespace):
@@ -137,7 +178,8 @@ def run_ref(args: argparse.Namespace) -> int:
     device = _device(args.device)
     images, source, dataset = _open(args.data, args)
     settings = _data_settings(dataset, args)
-    with claim_output(file_output(args.out), settings, overwrite=args.overwrite):
+    with claim_output(file_output(args.out, command="fid ref"), settings,
+                      overwrite=args.overwrite):
         stats = fid.compute_reference(
             images, args.out, source=source, device=device, batch_size=args.batch,
             workers=args.workers, resolution=dataset.resolution,
@@ -156,7 +198,7 @@ def _json_path(images: str, override: str | None) -> Path:
 
 
 def run_calc(args: argparse.Namespace) -> int:
-    """`ddim fid calc`: print the FID of IMAGES against --ref and write it as JSON."""
+    """`ddim fid calc`: print the FID and KID of IMAGES against --ref and write them as JSON."""
     from ddim import fid
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
@@ -166,18 +208,35 @@ def run_calc(args: argparse.Namespace) -> int:
     fid.check_resolution(ref, dataset.resolution, str(args.ref))
     out = _json_path(args.images, args.json)
     settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(args.ref)}
-    with claim_output(file_output(out), settings, overwrite=args.overwrite):
+    with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
         gen = fid.stats_from_images(
-            images, source=source, device=device, batch_size=args.batch, workers=args.workers
+            images, source=source, device=device, batch_size=args.batch, workers=args.workers,
+            keep_features=None,  # all of them, for KID
         )
         score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+        kid, kid_text = _kid(gen, ref, args.ref)
         result = {
-            "fid": score, "n": gen.n, "images": gen.source, "ref": str(args.ref),
+            "fid": score, "kid": kid, "n": gen.n, "images": gen.source, "ref": str(args.ref),
             "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,
             "convention": gen.convention, "device": str(device),
             "seconds": round(time.perf_counter() - start, 3),
         }
         write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); wrote {out}")
+    print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); {kid_text}; wrote {out}")
     return 0
+
+
+def _kid(gen, ref, ref_path: str) -> tuple[dict, str]:
+    """KID of the generated stats' features as a JSON record and a phrase; where the reference
+    keeps no features, a record saying so and the command that rebuilds it (FID still stands)."""
+    from ddim import fid
+
+    if ref.features is None:
+        why = fid.missing_features(ref, ref_path)
+        return {"unavailable": why}, f"KID unavailable: {why}"
+    kid = fid.kernel_inception_distance(gen.features, ref.features)
+    record = {**kid._asdict(), "ref_features": len(ref.features)}
+    text = (f"KID {kid.mean:.6f} ± {kid.std:.6f} (mean ± std over {kid.n_subsets} subsets of "
+            f"{kid.subset_size} features per set)")
+    return record, text

@@ -57,7 +57,7 @@ def table(args) -> str:
     oracle = GaussianOracle(mean, std, betas)
     data = GaussianMoments(mean, std**2)
     start = GaussianMoments(torch.zeros(args.dim, dtype=torch.float64), torch.ones(args.dim))
-    seqs = {S: timesteps(1000, S, args.skip) for S in args.steps}
+    seqs = {S: timesteps(1000, S, args.skip, betas=betas) for S in args.steps}
     rows = [(f"η = {eta:g}", lambda seq, eta=eta: ddim_plan(betas, seq, eta)) for eta in args.etas]
     rows.append(("σ̂ (DDPM, large variance)", lambda seq: ddpm_plan(betas, seq, "large")))
     header = "| sampler | " + " | ".join(f"S = {S}" for S in args.steps) + " |"
@@ -90,7 +90,7 @@ def check(args) -> None:
     for eta in args.etas:
         check_eta(eta, "--etas")
     for S in args.steps:
-        timesteps(1000, S, args.skip)
+        timesteps(1000, S, args.skip, betas=make_betas("linear", 1000))
 
 
 def run(args) -> int:
@@ -102,7 +102,8 @@ def run(args) -> int:
         sys.stdout.write(table(args))
         return 0
     settings = {key: getattr(args, key) for key in ("skip", "steps", "etas", "dim", "n", "seed")}
-    with claim_output(file_output(args.output), settings, overwrite=args.overwrite):
+    with claim_output(file_output(args.output, command="oracle"), settings,
+                      overwrite=args.overwrite):
         text = table(args)
         sys.stdout.write(text)
         write_text(args.output, text)

@@ -19,6 +19,7 @@ from ddim.config.schema import (
     ModelConfig,
     SamplingConfig,
     TrainingConfig,
+    sampling_differences,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "dump_config",
     "from_official_dict",
     "load_config",
+    "sampling_differences",
 ]

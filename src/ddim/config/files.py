@@ -17,7 +17,9 @@ they are. Their extra keys are handled by explicit tables, never silently:
 
 Config text comes from outside, so it is read with a strict loader: YAML's safe subset, no
 aliases (a config never needs them, and they make exponential "billion laughs" documents), at
-most `MAX_DEPTH` levels of nesting, files of at most `MAX_CONFIG_BYTES`.
+most `MAX_DEPTH` levels of nesting, files of at most `MAX_CONFIG_BYTES`, and no key twice in one
+mapping (PyYAML would keep the last silently: a second `training:` section would replace the
+first whole), named with its line.
 
 The packaged configs (`ddim/configs/<name>.yml`, names in `CONFIG_NAMES`) hold the official
 values; the fields the official files leave out take the DDPM paper's values (Ho et al. 2020,
@@ -82,7 +84,8 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """yaml.SafeLoader without aliases and with a bound on nesting (the composer recurses)."""
+    """yaml.SafeLoader without aliases or repeated keys, with a bound on nesting (the composer
+    recurses)."""
 
     depth = 0
 
@@ -104,6 +107,23 @@ class _ConfigLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        """Construct a mapping; a key that appears twice in it is an error naming key and line."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (lines "
+                        f"{seen[key]} and {line}); PyYAML would keep the last one", None,
+                    )  # fmt: skip
+                seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str, source: str) -> Any:

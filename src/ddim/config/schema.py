@@ -10,11 +10,24 @@ A config holds no runtime objects (no devices, no modules, no tensors): it round
 `Config.to_dict()` / `Config.from_dict()` unchanged, and `from_dict` is strict: an unknown key or
 a value of the wrong type is a `DdimError` naming the key. Reading and writing YAML, and the
 official files' keys, are in `ddim.config.files`.
+
+A config is checked whole when it is made, however it is made (YAML, `from_dict`, the
+constructors): every value is turned into its canonical Python type first (NumPy and PyTorch
+scalars are accepted, a bool is not a number), every float must be finite, every value must lie in
+its range, and the sections must agree with each other (`Config.__post_init__`: channels, image
+size, attention resolutions the network reaches, S ≤ T). The schedule is made once and checked
+(`ddim.diffusion.schedule.check_betas`). So a bad value is refused before any work, never when an
+optimiser or the first sample grid meets it.
+
+`sampling_differences` says which values two configs of one network differ in that decide what
+it samples (everything but the training recipe and where the data lies).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +38,10 @@ import torch
 from ddim.diffusion.samplers import check_eta
 from ddim.diffusion.schedule import BetaSchedule, Skip, make_betas
 from ddim.errors import DdimError
+from ddim.scalars import as_bool, as_float, as_int
+
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+MAX_TIMESTEPS = 1_000_000  # T: the schedule is made (8 MB) when the config is read
 
 # The configs packaged as ddim/configs/<name>.yml.
 CONFIG_NAMES: tuple[str, ...] = (
@@ -57,8 +74,7 @@ class ModelConfig:
     num_groups: int = 32
 
     def __post_init__(self):
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        _canonical(self)
         _require(self.num_groups >= 1, "model.num_groups", self.num_groups, ">= 1")
         _require(
             len(self.ch_mult) > 0 and min(self.ch_mult) > 0,
@@ -77,6 +93,12 @@ class ModelConfig:
         _require(0 <= self.ema_rate <= 1, "model.ema_rate", self.ema_rate, "in [0, 1]")
         _require(self.in_channels >= 1, "model.in_channels", self.in_channels, ">= 1")
         _require(
+            all(r >= 1 for r in self.attn_resolutions),
+            "model.attn_resolutions",
+            self.attn_resolutions,
+            "a list of positive resolutions",
+        )
+        _require(
             self.out_ch == self.in_channels,
             "model.out_ch",
             self.out_ch,
@@ -94,6 +116,7 @@ class DiffusionConfig:
     num_diffusion_timesteps: int = 1000
 
     def __post_init__(self):
+        _canonical(self)
         _require(
             0 < self.beta_start <= self.beta_end < 1,
             "diffusion.beta_start",
@@ -101,11 +124,15 @@ class DiffusionConfig:
             f"in (0, beta_end={self.beta_end}] with beta_end < 1",
         )
         _require(
-            self.num_diffusion_timesteps >= 1,
+            1 <= self.num_diffusion_timesteps <= MAX_TIMESTEPS,
             "diffusion.num_diffusion_timesteps",
             self.num_diffusion_timesteps,
-            ">= 1",
+            f"in [1, {MAX_TIMESTEPS}]",
         )
+        try:
+            self.betas()  # ᾱ must stay positive in float32 (check_betas)
+        except DdimError as error:
+            raise DdimError(f"diffusion.beta_schedule={self.beta_schedule!r}: {error}") from None
 
     def betas(self) -> torch.Tensor:
         """β_1..β_T (float64) of this schedule (`ddim.diffusion.schedule.make_betas`)."""
@@ -126,6 +153,7 @@ class DataConfig:
     subdir: str | None = None
 
     def __post_init__(self):
+        _canonical(self)
         _require(self.image_size >= 1, "data.image_size", self.image_size, ">= 1")
         _require(self.channels >= 1, "data.channels", self.channels, ">= 1")
 
@@ -169,6 +197,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
+        _canonical(self)
         for key in ("batch_size", "n_iters", "snapshot_freq"):
             _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
         _require(self.lr > 0, "training.lr", self.lr, "> 0")
@@ -189,6 +218,12 @@ class TrainingConfig:
         for key in ("ema_halflife_kimg", "ema_rampup_ratio"):
             value = getattr(self, key)
             _require(value is None or value > 0, f"training.{key}", value, "> 0 or null")
+        for key in ("adam_beta1", "adam_beta2"):  # Adam's moment decays
+            value = getattr(self, key)
+            _require(0 <= value < 1, f"training.{key}", value, "in [0, 1)")
+        _require(self.adam_eps > 0, "training.adam_eps", self.adam_eps, "> 0")
+        _require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
+        _require(0 <= self.seed <= MAX_SEED, "training.seed", self.seed, "in [0, 2^63 - 1]")
 
 
 @dataclass(frozen=True)
@@ -201,6 +236,7 @@ class SamplingConfig:
     eta: float = 0.0
 
     def __post_init__(self):
+        _canonical(self)
         _require(self.batch_size >= 1, "sampling.batch_size", self.batch_size, ">= 1")
         _require(self.steps >= 1, "sampling.steps", self.steps, ">= 1")
         check_eta(self.eta, "sampling.eta")
@@ -230,6 +266,22 @@ class Config:
             self.data.image_size,
             f"a multiple of {factor} (the U-Net halves it {factor.bit_length() - 1} times)",
         )
+        reached = [self.data.image_size // 2**i for i in range(len(self.model.ch_mult))]
+        never = [r for r in self.model.attn_resolutions if r not in reached]
+        _require(
+            not never,
+            "model.attn_resolutions",
+            list(self.model.attn_resolutions),
+            f"resolutions the U-Net reaches at data.image_size={self.data.image_size} "
+            f"({', '.join(map(str, reached))}); it never reaches {', '.join(map(str, never))}",
+        )
+        T = self.diffusion.num_diffusion_timesteps
+        _require(
+            self.sampling.steps <= T,
+            "sampling.steps",
+            self.sampling.steps,
+            f"<= diffusion.num_diffusion_timesteps={T} (S steps on T timesteps)",
+        )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as nested plain dicts of YAML/JSON scalars and lists."""
@@ -247,6 +299,30 @@ class Config:
         return cls(**sections)
 
 
+# Config values that do not decide what a trained network samples: the training recipe (the whole
+# `training` section), where the data lies, the model's training-only options (var_type is not
+# read: the DDPM variance is a sampler argument), and how many images share a batch.
+NOT_SAMPLING: frozenset[str] = frozenset({
+    "data.dataset", "data.path", "data.subdir", "data.category", "data.num_workers",
+    "data.random_flip",
+    "model.dropout", "model.ema_rate", "model.ema", "model.var_type",
+    "sampling.batch_size",
+})  # fmt: skip
+
+
+def sampling_differences(recorded: Config, given: Config) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, given value) for each value that decides what a network samples
+    (the network, the schedule, the image size and channels, the sampling defaults) where the
+    two configs differ; `training` and the values of `NOT_SAMPLING` are not compared."""
+    old, new = recorded.to_dict(), given.to_dict()
+    return [
+        (f"{section}.{key}", value, new[section][key])
+        for section, values in old.items() if section != "training"
+        for key, value in values.items()
+        if value != new[section][key] and f"{section}.{key}" not in NOT_SAMPLING
+    ]
+
+
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "diffusion": DiffusionConfig,
@@ -254,6 +330,7 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "sampling": SamplingConfig,
 }
+
 
 def _require(ok: bool, key: str, value: Any, what: str) -> None:
     """Raise a one-line DdimError naming `key` unless `ok`."""
@@ -275,17 +352,30 @@ def _section_to_dict(section) -> dict[str, Any]:
 
 
 def _section_from_dict(name: str, d: Any):
-    """Build section `name` from a dict, checking every key and value type."""
+    """Build section `name` from a dict, checking every key (its constructor checks the values)."""
     cls = _SECTIONS[name]
     if not isinstance(d, dict):
         raise DdimError(f"config section {name!r} must be a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in d.items():
+    hints = _hints(cls)
+    for key in d:
         if key not in hints:
             raise DdimError(f"unknown key '{name}.{key}'")
-        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
-    return cls(**kwargs)
+    return cls(**d)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The type hints of a section's fields."""
+    return typing.get_type_hints(cls)
+
+
+def _canonical(section) -> None:
+    """Check every field of a section against its type and store it in canonical form (Python
+    scalars, tuples): the first step of every section's __post_init__."""
+    name = next(n for n, cls in _SECTIONS.items() if cls is type(section))
+    for key, hint in _hints(type(section)).items():
+        value = _coerce(f"{name}.{key}", getattr(section, key), hint)
+        object.__setattr__(section, key, value)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -297,9 +387,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner)
     if origin is Literal:
-        if value not in args:
+        if not isinstance(value, (str, bool, int)) or value not in args:
             raise DdimError(f"{key}={value!r} must be one of {', '.join(map(repr, args))}")
-        return value
+        return args[args.index(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise DdimError(f"{key}={value!r} must be a list")
@@ -307,15 +397,24 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return _coerce_scalar(key, value, hint)
 
 
+_SCALARS = {int: as_int, bool: as_bool, float: functools.partial(as_float, finite=False)}
+
+
 def _coerce_scalar(key: str, value: Any, hint: type) -> Any:
-    """Check a scalar: bool is not an int, an int is a float, '1e-4' (YAML 1.1 text) is a float."""
+    """Check a scalar: NumPy and PyTorch scalars become Python ones, bool is not an int, an int
+    is a float, '1e-4' (YAML 1.1 text) is a float, and a float must be finite."""
     if hint is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
+    if hint in _SCALARS:
+        try:
+            result = _SCALARS[hint](value, key)
+        except DdimError:
+            raise DdimError(f"{key}={value!r} must be of type {hint.__name__}") from None
+        _require(hint is not float or math.isfinite(result), key, value, "finite")
+        return result
+    if isinstance(value, hint):
+        return hint(value)
     raise DdimError(f"{key}={value!r} must be of type {hint.__name__}")

@@ -7,9 +7,14 @@ stored). Every item is a uint8 RGB tensor (3, R, R); training and FID read the s
 
 Files come from outside, so reading them is defensive, and every failure is a DdimError naming the
 file: 16-bit images are scaled to 8 bits (not clipped to white), images of more pixels than
-PIL's decompression-bomb limit are refused, encrypted zips and zip members compressed with
-methods Python cannot read (Deflate64) are refused when the zip is opened, and an .npz array's
-header is checked against its size before anything is allocated (`ddim.files.npz`).
+PIL's decompression-bomb limit are refused, encrypted zips, zip members compressed with methods
+Python cannot read (Deflate64) and members declaring more than `MAX_MEMBER_BYTES` uncompressed
+are refused when the zip is opened, and an .npz array's header is checked against its size
+before anything is allocated (`ddim.files.npz`).
+
+What is read is one split: a dataset holding a `train` folder beside a `test` or validation
+folder (or CIFAR-10's train and test batches) is refused unless `subdir` picks one, so test
+images never leak into training or into a "train" reference file (`_check_one_split`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ _DECODE_ERRORS = (
 )
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# More than any image file under PIL's decompression-bomb limit (89 Mpx x 8 bytes, uncompressed
+# 16-bit RGBA); a zip member declaring more would inflate to gigabytes in memory.
+MAX_MEMBER_BYTES = 1 << 30
+# Folder names of the splits that must not be read together.
+TRAIN_SPLIT, HELD_OUT_SPLITS = "train", ("test", "val", "valid", "validation")
 
 
 def decode_image(source, name: str) -> Image.Image:
@@ -277,15 +287,24 @@ def open_dataset(
     crop: Crop = "center",
     on_error: OnError = "raise",
     progress: bool = True,
+    channels: int = 3,
 ) -> ImageDataset:
     """Open images from a cifar-10-batches-py folder, an image folder, a zip or an .npz file.
 
-    subdir picks a part: "train"/"test" of CIFAR-10 (None = train then test), a sub-folder of a
-    folder or zip (None = all of it, recursively, sorted by path), or the array key of an .npz
-    (None = "arr_0" or its only array). on_error="skip" decodes every file once up front and
+    subdir picks a part: "train"/"test" of CIFAR-10 (None = the only split there is), a
+    sub-folder of a folder or zip (None = all of it, recursively, sorted by path), or the array
+    key of an .npz (None = "arr_0" or its only array); what is read must not hold a train folder
+    beside a test or validation folder. on_error="skip" decodes every file once up front and
     drops unreadable ones (count in `.skipped`, with a warning); "raise" fails on the first one.
+    `channels` is what the caller's network takes (`data.channels`): every item is RGB, so
+    anything but 3 is refused here rather than by the network's first layer.
     """
     _check_options(resolution, crop, on_error)
+    if channels != 3:
+        raise DdimError(
+            f"channels={channels!r} (data.channels) was asked of {path}, but ddim's datasets "
+            "give RGB images (3 channels): a network of other channels cannot read them"
+        )
     path = Path(path)
     options = dict(resolution=resolution, crop=crop, on_error=on_error, progress=progress)
     if not path.exists():
@@ -297,11 +316,15 @@ def open_dataset(
         root = path if subdir is None else path / subdir
         if not root.is_dir():
             raise DdimError(f"no folder {subdir!r} in {path}")
-        return ImageDataset("folder", root, members=_folder_members(root), **options)
+        members = _folder_members(root)
+        _check_one_split(members, path, subdir)
+        return ImageDataset("folder", root, members=members, **options)
     suffix = path.suffix.lower()
     if suffix == ".zip":
         archive = _open_zip(path)
         members = _zip_members(archive, path, subdir)
+        prefix = "" if subdir is None else subdir.strip("/") + "/"
+        _check_one_split([m.removeprefix(prefix) for m in members], path, subdir)
         return ImageDataset("zip", path, subdir=subdir, members=members, files=[path],
                             archive=archive, **options)
     if suffix == ".npz":
@@ -328,6 +351,34 @@ def _is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return (base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith("._")
             and not name.startswith("__MACOSX/"))
+
+
+def _check_one_split(members: Sequence[str], where: Path, subdir: str | None) -> None:
+    """Refuse to read a train folder together with a test or validation folder beside it
+    (`members`: the image files read, relative to `subdir` of `where`)."""
+    children: dict[str, set[str]] = {}
+    for member in members:
+        parts = member.split("/")[:-1]
+        for depth in range(len(parts)):
+            children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    for parent, names in sorted(children.items()):
+        held_out = sorted(n for n in names if n.lower() in HELD_OUT_SPLITS)
+        train = sorted(n for n in names if n.lower() == TRAIN_SPLIT)
+        if train and held_out:
+            _refuse_mixed_splits(where, subdir, [f"{parent}/{n}".lstrip("/") for n in
+                                                 (*train, *held_out)])
+
+
+def _refuse_mixed_splits(where: Path, subdir: str | None, splits: list[str]) -> None:
+    """The error for a dataset read whole that holds more than one split."""
+    inside = "" if subdir is None else f" [{subdir}]"
+    names = " and ".join(f"{s}/" for s in splits)
+    pick = splits[0] if subdir is None else f"{subdir.strip('/')}/{splits[0]}"
+    raise DdimError(
+        f"{where}{inside} holds {names}: reading it whole would mix the splits (test images in "
+        f"training, in a train reference); choose one with subdir={pick!r} "
+        f"(--subdir {pick} on the command line)"
+    )
 
 
 def _folder_members(root: Path) -> tuple[str, ...]:
@@ -360,6 +411,12 @@ def _zip_members(archive: zipfile.ZipFile, path: Path, subdir: str | None) -> tu
             raise DdimError(
                 f"{name} in {path} is compressed with zip method {info.compress_type} "
                 "(9 is Deflate64), which Python cannot read; zip it again with Deflate"
+            )
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise DdimError(
+                f"{name} in {path} declares {info.file_size / 2**30:.1f} GiB uncompressed, more "
+                f"than any image file under PIL's decompression-bomb limit "
+                f"({MAX_MEMBER_BYTES / 2**30:.0f} GiB): refusing to inflate it"
             )
     return members
 
@@ -402,10 +459,15 @@ def _find_cifar_folder(path: Path) -> Path | None:
 
 
 def _open_cifar(folder: Path, subdir: str | None, options: dict) -> ImageDataset:
-    """Dataset of the CIFAR-10 train batches, the test batch, or both (subdir=None)."""
+    """Dataset of the CIFAR-10 train batches or the test batch (subdir=None: the one present)."""
     if subdir is not None and subdir not in CIFAR_SPLITS:
         raise DdimError(f"subdir for {folder} must be 'train' or 'test', got {subdir!r}")
-    names = CIFAR_SPLITS[subdir] if subdir else CIFAR_SPLITS["train"] + CIFAR_SPLITS["test"]
+    if subdir is None:
+        present = [s for s, names in CIFAR_SPLITS.items() if (folder / names[0]).is_file()]
+        if len(present) > 1:
+            _refuse_mixed_splits(folder, None, present)
+        subdir = present[0]
+    names = CIFAR_SPLITS[subdir]
     files = [folder / name for name in names]
     for file in files:
         if not file.is_file():

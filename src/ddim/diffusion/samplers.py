@@ -26,6 +26,17 @@ host-device copies and no host syncs; intermediates stay on the device.
 
 Randomness comes only from the `generator` argument: a `torch.Generator`, or a list of them, one per
 image (see `generators_from_seeds`), which makes image k the same at any batch size.
+
+DPM-Solver++(2M) (Lu et al. 2022) walks the same pairs: DDIM at η = 0 is its first-order step (the
+exponential integrator of the probability-flow ODE in λ = log(√ᾱ/√(1 − ᾱ)), data-prediction form),
+and the second-order multistep step adds one correction built from the previous step's x0_pred, so
+it costs no extra network call:
+
+    code            DPM-Solver++
+    lam             λ_t = log(α_t/σ_t), with α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t)
+    h               h_i = λ_ti − λ_ti−1, the step in λ (∞ for the last step, to clean data)
+    r               r_i = h_i−1 / h_i
+    x0_pred         x_θ(x̃_ti−1, t_i−1), the data prediction
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from ddim.diffusion.eps_model import EpsModel
-from ddim.diffusion.schedule import alpha_bar_at, alpha_bars, timesteps
+from ddim.diffusion.schedule import alpha_bar_at, alpha_bars, half_log_snr, timesteps
 from ddim.errors import DdimError
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -87,15 +98,18 @@ class Step:
 
 
 def check_eta(eta: float, name: str = "eta") -> float:
-    """η of eq. 16 as a float; anything but a finite number ≥ 0 is a DdimError naming `name`.
+    """η of eq. 16 as a float (NumPy and PyTorch scalars too); outside [0, 1000] a DdimError.
 
-    η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0).
+    η = 0 is DDIM, η = 1 DDPM's posterior; η > 1 is allowed (the direction term is then 0), up to
+    1000: σ ≤ η (σ(η = 1) ≤ 1), so σ² and the noise σ·z stay finite in float32 at every step, where
+    a large finite η (1e200) would overflow σ² and turn every image into NaN.
     """
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise DdimError(f"{name}={eta!r} must be a number", argument=name)
-    if not (math.isfinite(eta) and eta >= 0):
-        raise DdimError(f"{name}={eta!r} must be finite and >= 0", argument=name)
-    return float(eta)
+    from ddim.scalars import as_float
+
+    value = as_float(eta, name, finite=False)
+    if not 0 <= value <= 1000:
+        raise DdimError(f"{name}={eta!r} must be finite and >= 0, at most 1000", argument=name)
+    return value
 
 
 def ddim_sigma(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:
@@ -263,6 +277,63 @@ def _run(steps: Iterator[Step], x: torch.Tensor, callback: Callable[[Step], None
     return x
 
 
+# --- the second-order multistep solver --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MultistepStep:
+    """A DDIM step (η = 0) and the weight of DPM-Solver++(2M)'s correction (0: first order)."""
+
+    step: PlanStep
+    correction: float  # α_ti (1 − e^{−h_i}) / (2 r_i), the weight of x0_pred − (previous x0_pred)
+
+
+def dpmpp_2m_plan(betas: torch.Tensor, seq: Sequence[int]) -> list[MultistepStep]:
+    """Steps of DPM-Solver++(2M) over τ (Lu et al. 2022, Algorithm 2): DDIM's η = 0 steps, all but
+    the first (no previous x0_pred yet) and the last (h = ∞ into clean data) with a correction."""
+    plan = []
+    h_prev = None
+    for step in ddim_plan(betas, seq, eta=0.0):
+        h = half_log_snr(step.alpha_bar_to) - half_log_snr(step.alpha_bar_from)
+        correction = 0.0
+        if h_prev is not None and math.isfinite(h):
+            r = h_prev / h
+            # α_ti (1 − e^{−h_i}) / (2 r_i), the weight of x0_pred − x0_prev in D_i below
+            correction = math.sqrt(step.alpha_bar_to) * -math.expm1(-h) / (2 * r)
+        plan.append(MultistepStep(step, correction))
+        h_prev = h
+    return plan
+
+
+def walk_dpmpp_2m(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    plan: Sequence[MultistepStep],
+    *,
+    clip_x0: bool = False,
+) -> Iterator[Step]:
+    """Apply DPM-Solver++(2M) along `plan`, yielding each step's x and x0_pred, like `walk`.
+
+    The update, in DPM-Solver++'s notation (Algorithm 2; its first-order step is DDIM's eq. 12):
+        x̃_ti = (σ_ti/σ_ti−1) x̃_ti−1 − α_ti (e^{−h_i} − 1) D_i,
+        D_i  = (1 + 1/(2 r_i)) x_θ(x̃_ti−1) − 1/(2 r_i) x_θ(x̃_ti−2),
+    that is DDIM's step plus α_ti (1 − e^{−h_i}) / (2 r_i) · (x0_pred − x0_prev). `clip_x0` clamps
+    each x0_pred as DDIM's does; the extrapolated D_i itself is not clamped.
+    """
+    x, x0_prev = x.detach(), None
+    for index, item in enumerate(plan):
+        with torch.no_grad():
+            t = torch.full((x.shape[0],), item.step.t_model, device=x.device, dtype=torch.long)
+            eps = eps_model(x, t)
+            # first order: DDIM eq. 12 with η = 0, DPM-Solver++(1)
+            x_next, x0_pred = generalized_step(x, eps, item.step, clip_x0=clip_x0)
+            if item.correction:
+                # second order: the multistep correction, from the previous step's x0_pred
+                x_next = x_next + item.correction * (x0_pred - x0_prev)
+        x, x0_prev = x_next, x0_pred
+        yield Step(index, item.step.t_from, item.step.t_to, x, x0_pred)
+
+
 # --- public samplers ---------------------------------------------------------------------------
 
 
@@ -309,6 +380,28 @@ def sample_ddpm(
     seq = timesteps(len(betas), len(betas) if steps is None else steps, skip)
     plan = ddpm_plan(betas, seq, variance)
     return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
+
+
+def sample_dpmpp_2m(
+    eps_model: EpsModel,
+    x_T: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    steps: int | Sequence[int],
+    skip: str = "uniform",
+    clip_x0: bool = False,
+    callback: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) from x_T down to x_0 over τ: the
+    probability-flow ODE to second order in λ, with DDIM's one network call per timestep.
+
+    `steps` and `skip` are as for `sample` ("logsnr", uniform in λ, is DPM-Solver's spacing and
+    the one on which the second order shows; see docs/samplers.md). The first step (no previous
+    prediction yet) and the last (into clean data, h = ∞) are DDIM's η = 0 steps. Deterministic;
+    x_0 clipping is off by default, as for DDIM.
+    """
+    plan = dpmpp_2m_plan(betas, timesteps(len(betas), steps, skip, betas=betas))
+    return _run(walk_dpmpp_2m(eps_model, x_T, plan, clip_x0=clip_x0), x_T, callback)
 
 
 def encode(

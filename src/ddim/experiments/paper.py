@@ -132,7 +132,7 @@ def table_cells(
     cells = []
     for S in steps_list:
         cell_skip = "uniform" if S == len(betas) else skip
-        tau = tuple(timesteps(len(betas), S, cell_skip))
+        tau = tuple(timesteps(len(betas), S, cell_skip, betas=betas))
         for eta in etas:
             sampler = build_sampler(betas, S, cell_skip, "ddim", eta=float(eta), tau=tau)
             cells.append(TableCell(f"eta={float(eta):.1f}", sampler))

@@ -20,7 +20,7 @@ from ddim.files.atomic import (
 )
 from ddim.files.lock import folder_lock
 from ddim.files.npz import check_fits_in_memory, load_npz_arrays, memory_bytes, npz_headers
-from ddim.files.outputs import Output, claim_output, file_output, folder_output
+from ddim.files.outputs import Output, claim_output, file_output, folder_output, read_record
 
 __all__ = [
     "TMP_SUFFIX",
@@ -38,6 +38,7 @@ __all__ = [
     "memory_bytes",
     "npz_headers",
     "path_sha256",
+    "read_record",
     "remove_stale_temporaries",
     "write_bytes",
     "write_text",

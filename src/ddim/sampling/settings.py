@@ -135,7 +135,7 @@ def build_sampler(
         raise DdimError(f"{key} applies to the {owners} sampler only, not {name}", argument=key)
     if entry.option is not None and entry.option not in option:
         raise DdimError(f"the {name} sampler needs its {entry.option}", argument=entry.option)
-    tau = tuple(timesteps(len(betas), steps, skip) if tau is None else tau)
+    tau = tuple(timesteps(len(betas), steps, skip, betas=betas) if tau is None else tau)
     values = [option[entry.option]] if entry.option else []
     plan = tuple(entry.plan(betas, tau, *values))
     chosen = (entry.option, values[0]) if entry.option else None

@@ -67,7 +67,8 @@ def load_training_images(
     if config.data.path is None:
         raise DdimError("data.path is not set: pass --data PATH (a folder, zip or cifar-10 folder)")
     dataset = open_dataset(
-        config.data.path, subdir=config.data.subdir, resolution=config.data.image_size
+        config.data.path, subdir=config.data.subdir, resolution=config.data.image_size,
+        channels=config.data.channels,
     )
     return load_all(dataset, workers=workers, progress=progress, cache_dir=cache_dir)
 

@@ -1,0 +1,215 @@
+"""An output folder holds only what its current settings made: files a previous run left that
+this run does not make are deleted when the output is claimed (or refused by their reader), and
+two commands never share, or silently replace, one record.
+docs/reliability.md lists the classes and their guarantees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ddim.cli
+import ddim.fid
+from ddim.errors import DdimError
+from ddim.files import claim_output, file_output, folder_output, read_record
+
+SETTINGS = {"steps": 50, "seed": 0}
+SAMPLE_NAMES = ("parts", "grid.png", "samples.npz", "png", "sample.json")
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    """`ddim *argv` in-process: (exit code, the last line on stderr)."""
+    capsys.readouterr()
+    code = ddim.cli.main([str(a) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+def claim(output, settings=SETTINGS, **kwargs) -> bool:
+    """Claim an output and return whether it is reused (the block does nothing)."""
+    with claim_output(output, settings, **kwargs) as reused:
+        return reused
+
+
+def files(folder: Path) -> set[str]:
+    """Every file under a folder, as relative paths (locks aside)."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def a_sample_folder(folder: Path, pngs: int = 10) -> Path:
+    """What `ddim sample --n 10 --png` leaves: shards, grid, npz, PNGs, summary and its record."""
+    output = folder_output(folder, SAMPLE_NAMES, command="sample", reused=("parts",))
+    claim(output)
+    (folder / "parts").mkdir()
+    (folder / "parts" / "part-0000000.npz").write_bytes(b"shard")
+    for name in ("grid.png", "samples.npz", "sample.json"):
+        (folder / name).write_bytes(b"made")
+    (folder / "png").mkdir()
+    for k in range(pngs):
+        (folder / "png" / f"{k:06d}.png").write_bytes(b"png")
+    return folder
+
+
+# --- what a run does not make does not survive beside its record --------------------------------
+
+
+def test_a_rerun_keeps_only_the_work_it_continues(tmp_path):
+    folder = a_sample_folder(tmp_path / "s")
+    (folder / "notes.txt").write_text("mine")
+    output = folder_output(folder, SAMPLE_NAMES, command="sample", reused=("parts",))
+    assert claim(output)  # the same settings: reused
+    assert files(folder) == {"parts/part-0000000.npz", "settings.json", "notes.txt"}
+    assert (folder / "parts" / "part-0000000.npz").read_bytes() == b"shard"
+    record = read_record(output)
+    assert record == {"command": "sample", "owns": list(SAMPLE_NAMES), "settings": SETTINGS}
+
+
+def test_refused_settings_delete_nothing(tmp_path):
+    folder = a_sample_folder(tmp_path / "s")
+    before = {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in files(folder)}
+    output = folder_output(folder, SAMPLE_NAMES, command="sample", reused=("parts",))
+    with pytest.raises(DdimError, match="steps was 50, now 20"):
+        claim(output, {"steps": 20, "seed": 0})
+    assert {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in files(folder)} \
+        == before
+
+
+def test_outputs_that_name_nothing_reused_keep_every_name(tmp_path):
+    """Commands that have not said what they continue keep today's behaviour (all reused)."""
+    folder = a_sample_folder(tmp_path / "s")
+    assert claim(folder_output(folder, SAMPLE_NAMES, command="sample"))
+    assert len(files(folder)) == 15
+    with pytest.raises(ValueError, match="not among the owned names"):
+        folder_output(folder, ("a",), reused=("b",))
+
+
+def test_a_killed_rerun_leaves_no_old_summary_to_trust(tmp_path):
+    """The summary is made again by every run: deleted at the claim, a killed run leaves none."""
+    folder = a_sample_folder(tmp_path / "s")
+    output = folder_output(folder, SAMPLE_NAMES, command="sample", reused=("parts",))
+    with pytest.raises(KeyboardInterrupt), claim_output(output, SETTINGS):
+        raise KeyboardInterrupt
+    assert not (folder / "sample.json").exists() and (folder / "parts").is_dir()
+
+
+# --- the issue's case: fid calc read 4 stale images while the record said 8 ---------------------
+
+
+def _fake_inception(monkeypatch):
+    seen = []
+
+    def fake_stats(images, *, source, **_):
+        seen.append(len(images))
+        return ddim.fid.FidStats(np.zeros(2), np.eye(2), len(images), "h", "c", source)
+
+    monkeypatch.setattr(ddim.fid, "stats_from_images", fake_stats)
+    return seen
+
+
+def _reference(path: Path) -> Path:
+    from ddim.fid import CONVENTION, FidStats, network_sha256, save_stats
+
+    return save_stats(FidStats(np.zeros(2), np.eye(2), 10, network_sha256(), CONVENTION,
+                               "made by hand", 8), path)
+
+
+def _sample(ckpt, out, *extra):
+    return ["sample", "--ckpt", ckpt, "--steps", "1", "--batch", "4", "--device", "cpu",
+            "-o", out, *extra]
+
+
+@pytest.mark.parametrize(("first", "second", "images"), [
+    (["--n", "4"], ["--n", "8", "--no-npz"], "samples.npz"),  # an npz of the first run
+    (["--n", "6", "--png", "--no-npz"], ["--n", "3", "--png", "--no-npz"], "png"),  # 3 extra PNGs
+])  # fmt: skip
+def test_fid_calc_scores_the_recorded_n_or_refuses(first, second, images, tiny_checkpoint,
+                                                   tmp_path, capsys, monkeypatch):
+    out, ref = tmp_path / "s", _reference(tmp_path / "ref.npz")
+    assert run(capsys, *_sample(tiny_checkpoint, out, *first))[0] == 0
+    assert run(capsys, *_sample(tiny_checkpoint, out, *second))[0] == 0
+    n = json.loads((out / "sample.json").read_text())["n"]
+    seen = _fake_inception(monkeypatch)
+    code, error = run(capsys, "fid", "calc", out, "--ref", ref, "--device", "cpu")
+    if code == 0:  # the stale files are gone: exactly the recorded images are scored
+        assert seen == [n]
+    else:
+        assert code == 2 and f"records {n}: they were left by an earlier run" in error
+        assert f"{out / images} holds" in error and seen == []
+
+
+def test_fid_calc_refuses_a_sample_folder_whose_run_did_not_finish(tmp_path, capsys,
+                                                                   monkeypatch):
+    folder = tmp_path / "s"
+    claim(folder_output(folder, SAMPLE_NAMES, command="sample", reused=("parts",)))
+    np.savez(folder / "samples.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))  # no sample.json
+    seen = _fake_inception(monkeypatch)
+    code, error = run(capsys, "fid", "calc", folder, "--ref", _reference(tmp_path / "r.npz"),
+                      "--device", "cpu")
+    assert code == 2 and "no readable sample.json" in error and seen == []
+
+
+# --- two commands, one folder -------------------------------------------------------------------
+
+
+def test_another_commands_output_is_refused_naming_it(tmp_path):
+    folder = a_sample_folder(tmp_path / "s")
+    theirs = folder_output(folder, ("reconstruct.md", "reconstruct.json"), command="reconstruct")
+    before = files(folder)
+    with pytest.raises(DdimError, match=r"holds the output of `ddim sample` .* --overwrite"):
+        claim(theirs, {"other": 1})
+    assert files(folder) == before and read_record(theirs)["command"] == "sample"
+    # --overwrite replaces it whole: the other command's names go too, a stranger's file stays
+    (folder / "notes.txt").write_text("mine")
+    assert not claim(theirs, {"other": 1}, overwrite=True)
+    assert files(folder) == {"settings.json", "notes.txt"}
+    assert read_record(theirs)["command"] == "reconstruct"
+
+
+def test_another_commands_file_output_is_refused(tmp_path):
+    path = tmp_path / "result.json"
+    claim(file_output(path, command="oracle"))
+    path.write_text("oracle's table")
+    with pytest.raises(DdimError, match=r"holds the output of `ddim oracle`"):
+        claim(file_output(path, command="fid calc"))
+    assert path.read_text() == "oracle's table"
+
+
+def test_a_forged_record_cannot_make_overwrite_delete_outside_the_folder(tmp_path):
+    folder, outside = tmp_path / "out", tmp_path / "keep.txt"
+    folder.mkdir()
+    outside.write_text("keep")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "x").write_text("keep")
+    (folder / "settings.json").write_text(json.dumps({
+        "command": "sample", "owns": ["../keep.txt", "sub/x", "..", "", "/etc/passwd"],
+        "settings": {}}))  # fmt: skip
+    claim(folder_output(folder, ("a",), command="demo"), overwrite=True)
+    assert outside.read_text() == "keep" and (folder / "sub" / "x").read_text() == "keep"
+
+
+def test_records_of_older_versions_are_read_as_the_same_command(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "grid.png").write_bytes(b"old")
+    (folder / "settings.json").write_text(json.dumps({"settings": SETTINGS}))
+    assert claim(folder_output(folder, SAMPLE_NAMES, command="sample"))
+
+
+def test_the_command_line_refuses_another_commands_folder(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert run(capsys, "convert", tiny_checkpoint, out)[0] == 0
+    before = files(out)
+    code, error = run(capsys, "demo", "-o", out, "--steps", "1")  # refused before training
+    assert code == 2 and "holds the output of `ddim convert`" in error and files(out) == before
+    table = tmp_path / "t.md"
+    assert run(capsys, "oracle", "--n", "10", "--steps", "1", "-o", table)[0] == 0
+    images = tmp_path / "x.npz"
+    np.savez(images, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    code, error = run(capsys, "fid", "calc", images, "--ref", _reference(tmp_path / "r.npz"),
+                      "--json", table, "--device", "cpu")
+    assert code == 2 and "t.md holds the output of `ddim oracle`" in error
