@@ -7,9 +7,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ddim"
 FLAG = re.compile(r"(^|[\s'(`])--[a-z]")
-# Messages that still name a flag: the training stage's (`ddim train` drives `train()`), and
-# fid.py's, which quotes the whole `ddim fid ref` command that makes a missing reference.
-STILL_NAMING_FLAGS = {"training/loop.py", "training/run_dir.py", "fid.py"}
+# Messages that still name a flag: the training stage's (`ddim train` drives `train()`); those
+# that name the argument and then the flag "on the command line" (checkpoint/, data/); and those
+# that quote a whole command (fid.py's `ddim fid ref`, files/outputs.py's `ddim <command>`).
+STILL_NAMING_FLAGS = {
+    "training/loop.py", "training/run_dir.py", "checkpoint/load.py", "checkpoint/weights.py",
+    "data/datasets.py", "fid.py", "files/outputs.py",
+}
 
 
 def error_texts(path: Path) -> list[str]:
