@@ -65,7 +65,8 @@ def test_encoding_and_reconstruction_in_batches_equal_the_api(model):
 def test_only_a_deterministic_unclipped_sampler_encodes(model):
     eps_model, betas = model
     for noisy in (build_sampler(betas, 3, eta=0.5), build_sampler(betas, 3, eta=0.0, clip_x0=True),
-                  build_sampler(betas, 3, "uniform", "ddpm", variance="small")):  # fmt: skip
+                  build_sampler(betas, 3, "uniform", "ddpm", variance="small"),
+                  build_sampler(betas, 3, "uniform", "dpmpp-2m")):  # fmt: skip
         with pytest.raises(DdimError, match="deterministic sampler"):
             runners.encode_images(eps_model, noisy, images(1), batch=1, device="cpu")
 

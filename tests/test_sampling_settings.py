@@ -2,6 +2,7 @@
 defaults, τ is computed once per S and η checked once per command, a new solver plugs in with
 one step function and one SAMPLERS entry, and errors name arguments (the CLI: flags)."""
 
+import json
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import ddim.diffusion.samplers as samplers
 import ddim.diffusion.schedule as schedule
 from ddim.cli import in_flags, main
 from ddim.config import apply_overrides, load_config
+from ddim.data import to_uint8
 from ddim.errors import DdimError
 from ddim.sampling import settings as st
 
@@ -48,7 +50,8 @@ def test_records_keep_their_shape():
 @pytest.mark.parametrize("arguments, message, argument", [
     ({"sampler": "ddpm", "eta": 0.5}, "eta applies to the ddim sampler only, not ddpm", "eta"),
     ({"variance": "large"}, "variance applies to the ddpm sampler only, not ddim", "variance"),
-    ({"sampler": "euler"}, "sampler 'euler' is not one of ddim, ddpm", "sampler"),
+    ({"sampler": "euler"}, "sampler 'euler' is not one of ddim, ddpm, dpmpp-2m", "sampler"),
+    ({"sampler": "dpmpp-2m", "eta": 0.0}, "eta applies to the ddim sampler only", "eta"),
     ({"eta": float("nan")}, "eta=nan must be finite and >= 0", "eta"),
     ({"sampler": "ddpm", "variance": "big"}, "variance must be 'small' or 'large'", "variance"),
     ({"steps": 0}, "steps must be between 1 and T = 1000, got 0", "steps"),
@@ -139,6 +142,26 @@ def test_a_new_solver_is_one_step_function_and_one_entry(tiny_checkpoint, tmp_pa
     assert np.array_equal(a, b)  # the same update as DDIM, η = 0: the same images
     assert main(["sample", *common, "--sampler", "two-step", "--eta", "0.5",
                  "-o", str(tmp_path / "c")]) == 2  # fmt: skip
+
+
+def test_dpmpp_2m_from_the_command_line_is_the_api_solver(tiny_checkpoint, tmp_path):
+    from ddim.checkpoint import load_model
+    from ddim.diffusion.samplers import sample_dpmpp_2m
+    from ddim.sampling.seeds import seed_latents
+
+    argv = ["sample", "--ckpt", str(tiny_checkpoint), "--n", "3", "--steps", "5", "--skip",
+            "logsnr", "--sampler", "dpmpp-2m", "--precision", "fp32", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    net, config = load_model(tiny_checkpoint)
+    with torch.no_grad():
+        x_0 = sample_dpmpp_2m(lambda x, t: net(x, t), seed_latents(range(3), (3, 8, 8), "cpu"),
+                              config.diffusion.betas(), steps=5, skip="logsnr")  # fmt: skip
+    expected = to_uint8(x_0).permute(0, 2, 3, 1).numpy()
+    images = np.load(tmp_path / "samples.npz")["arr_0"]
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # channels-last rounding
+    record = json.loads((tmp_path / "sample.json").read_text())
+    assert record["sampler"] == {"steps": 5, "skip": "logsnr", "kind": "dpmpp-2m",
+                                 "clip_x0": None}  # fmt: skip
 
 
 def test_walk_hands_each_step_the_one_before():

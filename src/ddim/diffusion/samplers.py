@@ -17,9 +17,9 @@ encoding walks the same pairs upward with the endpoints swapped and σ = 0 (eqs.
 `reverse_plan`). No step re-derives its neighbour by arithmetic.
 
 Adding a solver: write its step as a free function with `generalized_step`'s signature beside it
-(a multistep solver such as DPM-Solver++(2M) reads `previous`, the step before and the x_0 it
-predicted), and give it an entry in `ddim.sampling.settings.SAMPLERS`, where the commands build
-their plans.
+(a multistep solver reads `previous`, the step before and the x_0 it predicted, as
+`dpmpp_2m_step` does), and give it an entry in `ddim.sampling.settings.SAMPLERS`, where the
+commands build their plans.
 
 The plan is computed once in float64 on the host and holds Python floats, so the loop makes no
 host-device copies and no host syncs; intermediates stay on the device.
@@ -280,58 +280,38 @@ def _run(steps: Iterator[Step], x: torch.Tensor, callback: Callable[[Step], None
 # --- the second-order multistep solver --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MultistepStep:
-    """A DDIM step (η = 0) and the weight of DPM-Solver++(2M)'s correction (0: first order)."""
-
-    step: PlanStep
-    correction: float  # α_ti (1 − e^{−h_i}) / (2 r_i), the weight of x0_pred − (previous x0_pred)
-
-
-def dpmpp_2m_plan(betas: torch.Tensor, seq: Sequence[int]) -> list[MultistepStep]:
-    """Steps of DPM-Solver++(2M) over τ (Lu et al. 2022, Algorithm 2): DDIM's η = 0 steps, all but
-    the first (no previous x0_pred yet) and the last (h = ∞ into clean data) with a correction."""
-    plan = []
-    h_prev = None
-    for step in ddim_plan(betas, seq, eta=0.0):
-        h = half_log_snr(step.alpha_bar_to) - half_log_snr(step.alpha_bar_from)
-        correction = 0.0
-        if h_prev is not None and math.isfinite(h):
-            r = h_prev / h
-            # α_ti (1 − e^{−h_i}) / (2 r_i), the weight of x0_pred − x0_prev in D_i below
-            correction = math.sqrt(step.alpha_bar_to) * -math.expm1(-h) / (2 * r)
-        plan.append(MultistepStep(step, correction))
-        h_prev = h
-    return plan
-
-
-def walk_dpmpp_2m(
-    eps_model: EpsModel,
-    x: torch.Tensor,
-    plan: Sequence[MultistepStep],
+def dpmpp_2m_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    step: PlanStep,
+    noise: torch.Tensor | None = None,
     *,
     clip_x0: bool = False,
-) -> Iterator[Step]:
-    """Apply DPM-Solver++(2M) along `plan`, yielding each step's x and x0_pred, like `walk`.
+    previous: Previous | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on a DDIM η = 0 pair; returns
+    (x_to, x0_pred). It walks `ddim_plan(betas, τ, 0)` as `generalized_step` does:
 
-    The update, in DPM-Solver++'s notation (Algorithm 2; its first-order step is DDIM's eq. 12):
         x̃_ti = (σ_ti/σ_ti−1) x̃_ti−1 − α_ti (e^{−h_i} − 1) D_i,
         D_i  = (1 + 1/(2 r_i)) x_θ(x̃_ti−1) − 1/(2 r_i) x_θ(x̃_ti−2),
-    that is DDIM's step plus α_ti (1 − e^{−h_i}) / (2 r_i) · (x0_pred − x0_prev). `clip_x0` clamps
-    each x0_pred as DDIM's does; the extrapolated D_i itself is not clamped.
+
+    that is DDIM's step (its first order) plus α_ti (1 − e^{−h_i}) / (2 r_i) · (x0_pred − x0_prev),
+    with x0_prev the `previous` step's prediction. The first step (no previous prediction yet) and
+    the last (h = ∞, into clean data) are DDIM's. `clip_x0` clamps each x0_pred as DDIM's does;
+    the extrapolated D_i itself is not clamped. Deterministic: `noise` is not used.
     """
-    x, x0_prev = x.detach(), None
-    for index, item in enumerate(plan):
-        with torch.no_grad():
-            t = torch.full((x.shape[0],), item.step.t_model, device=x.device, dtype=torch.long)
-            eps = eps_model(x, t)
-            # first order: DDIM eq. 12 with η = 0, DPM-Solver++(1)
-            x_next, x0_pred = generalized_step(x, eps, item.step, clip_x0=clip_x0)
-            if item.correction:
-                # second order: the multistep correction, from the previous step's x0_pred
-                x_next = x_next + item.correction * (x0_pred - x0_prev)
-        x, x0_prev = x_next, x0_pred
-        yield Step(index, item.step.t_from, item.step.t_to, x, x0_pred)
+    # first order: DDIM eq. 12 with η = 0, DPM-Solver++(1)
+    x_to, x0_pred = generalized_step(x_t, eps, step, clip_x0=clip_x0)
+    h = half_log_snr(step.alpha_bar_to) - half_log_snr(step.alpha_bar_from)
+    if previous is None or not math.isfinite(h):
+        return x_to, x0_pred
+    prev = previous.step
+    r = (half_log_snr(prev.alpha_bar_to) - half_log_snr(prev.alpha_bar_from)) / h
+    # second order: the multistep correction, from the previous step's x0_pred
+    correction = math.sqrt(step.alpha_bar_to) * -math.expm1(-h) / (2 * r)
+    if correction:
+        x_to = x_to + correction * (x0_pred - previous.x0_pred)
+    return x_to, x0_pred
 
 
 # --- public samplers ---------------------------------------------------------------------------
@@ -400,8 +380,8 @@ def sample_dpmpp_2m(
     prediction yet) and the last (into clean data, h = ∞) are DDIM's η = 0 steps. Deterministic;
     x_0 clipping is off by default, as for DDIM.
     """
-    plan = dpmpp_2m_plan(betas, timesteps(len(betas), steps, skip, betas=betas))
-    return _run(walk_dpmpp_2m(eps_model, x_T, plan, clip_x0=clip_x0), x_T, callback)
+    plan = ddim_plan(betas, timesteps(len(betas), steps, skip, betas=betas), eta=0.0)
+    return _run(walk(eps_model, x_T, plan, clip_x0=clip_x0, update=dpmpp_2m_step), x_T, callback)
 
 
 def encode(

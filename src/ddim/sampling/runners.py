@@ -16,7 +16,7 @@ import torch
 
 from ddim.data import to_model_range, to_uint8
 from ddim.diffusion.eps_model import EpsModel
-from ddim.diffusion.samplers import reverse_plan, slerp_path, walk
+from ddim.diffusion.samplers import generalized_step, reverse_plan, slerp_path, walk
 from ddim.errors import DdimError
 from ddim.sampling.seeds import batches_of, seed_noise, slices
 from ddim.sampling.settings import Sampler
@@ -87,15 +87,17 @@ def reconstruct_images(
 
 
 def encoder(eps_model: EpsModel, sampler: Sampler) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x_0 ↦ x_T: the sampler's plan walked upward, endpoints swapped (eqs. 13/14). The sampler
-    must add no noise and not clip x_0 (DDIM, η = 0), else it has no inverse to run."""
-    if sampler.clip or any(step.noise_sigma > 0 or step.sigma > 0 for step in sampler.plan):
+    """x_0 ↦ x_T: the sampler's plan walked upward, endpoints swapped, by eq. 12 (eqs. 13/14).
+    The sampler must be eq. 12 adding no noise and not clipping x_0 (DDIM, η = 0), else it has
+    no inverse to run."""
+    stochastic = any(step.noise_sigma > 0 or step.sigma > 0 for step in sampler.plan)
+    if sampler.clip or stochastic or sampler.update is not generalized_step:
         raise DdimError(f"encoding needs a deterministic sampler without clipping (DDIM, eta=0), "
                         f"not {sampler.record()}")  # fmt: skip
     upward = reverse_plan(sampler.plan)
 
     def encode(x_0: torch.Tensor) -> torch.Tensor:
-        for step in walk(eps_model, x_0, upward, update=sampler.update):
+        for step in walk(eps_model, x_0, upward):
             x_0 = step.x
         return x_0
 

@@ -9,13 +9,10 @@ whether x_0 is clipped by default, and its one option (η, the DDPM variance) wi
 default in the config. A `Sampler` is an entry built over one explicit timestep array: what was
 asked, as recorded, and τ and the plan, computed once.
 
-Adding a solver, say DPM-Solver++(2M): write its step beside eq. 12 in ddim/diffusion/samplers.py
-(`generalized_step`'s signature; a multistep step reads `previous`), then add one entry here,
-
-    "dpmpp-2m": SamplerEntry(plan=lambda betas, tau: ddim_plan(betas, tau, 0.0),
-                             update=dpmpp_2m_step),
-
-and every command can run it (`--sampler` takes its choices from this table).
+Adding a solver is one step function beside eq. 12 in ddim/diffusion/samplers.py, with
+`generalized_step`'s signature (a multistep solver reads `previous`, the step before and the x_0
+it predicted), and one entry here; every command can then run it (`--sampler` takes its choices
+from this table). DPM-Solver++(2M) is such a pair: `dpmpp_2m_step` and the entry "dpmpp-2m".
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from ddim.diffusion.samplers import (
     StepFunction,
     ddim_plan,
     ddpm_plan,
+    dpmpp_2m_step,
     generalized_step,
     walk,
 )
@@ -68,6 +66,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
         ddpm_plan, clip_x0=True, option="variance",
         default=lambda config: VARIANCE_OF_VAR_TYPE[config.model.var_type],
     ),  # fmt: skip
+    # DPM-Solver++(2M): DDIM's η = 0 pairs, each step corrected by the previous x_0 prediction
+    "dpmpp-2m": SamplerEntry(lambda betas, tau: ddim_plan(betas, tau, 0.0), update=dpmpp_2m_step),
 }
 
 
