@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model
+from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model, save_checkpoint
 from ddim.checkpoint.format import read_safetensors
 from ddim.config import OFFICIAL_DROPPED, Config, apply_overrides, load_config
 from ddim.diffusion.samplers import ddim_sigma
@@ -37,16 +37,19 @@ def test_var_type_is_the_ddpm_samplers_default_variance(var_type, variance):
     assert sampling_settings(config, steps=5).sampler.option == ("eta", config.sampling.eta)
 
 
-def test_model_ema_chooses_the_weights_that_sample(tiny_checkpoint):
+def test_model_ema_chooses_the_weights_that_sample(tiny_checkpoint, tmp_path):
     x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 9])
     ema_net, config = load_model(tiny_checkpoint, use_ema=True)
     raw_net, _ = load_model(tiny_checkpoint, use_ema=False)
     assert not torch.equal(ema_net(x, t), raw_net(x, t))  # the two sets of weights differ
-    without = apply_overrides(config, ["model.ema=false"])
+    source = load_checkpoint(tiny_checkpoint)
+    without = save_checkpoint(tmp_path / "no-ema.safetensors", model_state=source.model_state,
+                              ema_state=source.ema_state, step=0,
+                              config=apply_overrides(config, ["model.ema=false"]))  # fmt: skip
     for chosen, expected, ema in [
         (load_sampling_model(tiny_checkpoint, precision="fp32"), ema_net, True),
         (load_sampling_model(tiny_checkpoint, precision="fp32", raw=True), raw_net, False),
-        (load_sampling_model(tiny_checkpoint, precision="fp32", config=without), raw_net, False),
+        (load_sampling_model(without, precision="fp32"), raw_net, False),
     ]:  # fmt: skip
         assert chosen.ema == ema and chosen.settings()["weights"] == ("ema" if ema else "raw")
         torch.testing.assert_close(chosen.eps_model(x, t), expected(x, t))

@@ -66,6 +66,8 @@ CONFLICTS = [  # (overrides of the recorded config, what the refusal names)
     (["sampling.skip=quad"], "sampling.skip is 'uniform' there, 'quad' given"),
     (["sampling.eta=1"], "sampling.eta is 0.0 there, 1.0 given"),
     (["model.ch=64"], "model.ch is 32 there, 64 given"),
+    (["model.var_type=fixedsmall"], "model.var_type is 'fixedlarge' there, 'fixedsmall' given"),
+    (["model.ema=false"], "model.ema is True there, False given"),
 ]
 
 
@@ -84,7 +86,7 @@ def test_a_config_that_agrees_is_accepted_and_the_recorded_one_kept(tiny_checkpo
     # values that do not decide the images: the recipe, the data's place, the batch size
     other = apply_overrides(recorded, ["training.lr=0.1", "training.seed=9", "data.path=/x",
                                        "data.subdir=test", "sampling.batch_size=3",
-                                       "model.dropout=0.3", "model.var_type=fixedsmall"])
+                                       "model.dropout=0.3"])
     assert sampling_differences(recorded, other) == []
     assert load_checkpoint(tiny_checkpoint, config=other).config == recorded
 

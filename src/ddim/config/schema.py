@@ -300,12 +300,12 @@ class Config:
 
 
 # Config values that do not decide what a trained network samples: the training recipe (the whole
-# `training` section), where the data lies, the model's training-only options (var_type is not
-# read: the DDPM variance is a sampler argument), and how many images share a batch.
+# `training` section), where the data lies, the model's training-only options (dropout, the EMA
+# rate), and how many images share a batch. `model.var_type` (the DDPM variance by default) and
+# `model.ema` (EMA or raw weights) do decide it.
 NOT_SAMPLING: frozenset[str] = frozenset({
-    "data.dataset", "data.path", "data.subdir", "data.category", "data.num_workers",
-    "data.random_flip",
-    "model.dropout", "model.ema_rate", "model.ema", "model.var_type",
+    "data.dataset", "data.path", "data.subdir", "data.random_flip",
+    "model.dropout", "model.ema_rate",
     "sampling.batch_size",
 })  # fmt: skip
 
