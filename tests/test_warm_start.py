@@ -74,6 +74,15 @@ def test_the_bundled_float16_file_starts_a_float32_run_with_its_weights_as_both_
     assert origin["weights"] == "one set (both)" and origin["images_seen"] == 4000 * 64
 
 
+def test_the_gpu_config_has_the_bundled_network_and_starts_from_its_weights():
+    cpu, gpu = load_config("cifar10-cpu"), load_config("cifar10-gpu")
+    assert gpu.model == cpu.model and gpu.data == cpu.data and gpu.diffusion == cpu.diffusion
+    started = start_state(gpu, CPU, init=bundled_checkpoint())
+    assert started.origin["images_seen"] == 4000 * 64
+    t = gpu.training  # the GPU recipe: large batch, short warm-up, decay over the last quarter
+    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 1e-3, 0.25, 0.0)
+
+
 def test_another_architecture_is_refused_naming_the_difference(tmp_path):
     config = config32()
     net, _ = two_nets(config)
