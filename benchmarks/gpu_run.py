@@ -218,6 +218,8 @@ class Run:
             result = fn()
             if isinstance(result, str):
                 record["note"] = result
+        except StageFailed as error:
+            record.update(status="failed", note=str(error))
         except Exception as error:  # the run goes on with what it has
             record.update(status="failed", note=f"{type(error).__name__}: {error}")
             self.say(traceback.format_exc().rstrip())
@@ -245,6 +247,10 @@ class Run:
         run = {"sizes": asdict(self.sizes), "stages": self.stages,
                "seconds": round(time.monotonic() - self.start, 1)}  # fmt: skip
         gpu_pack.write_manifest(self.out, [*self.returned, entry], run)
+
+
+class StageFailed(RuntimeError):
+    """A stage's expected way of failing: recorded with its message, without a traceback."""
 
 
 def _write_json(path: Path, value) -> None:
@@ -313,7 +319,7 @@ def decode_training_images(run: Run) -> str:
     from ddim.images import save_npz
 
     if not run.data.is_file():
-        raise FileNotFoundError(f"{run.data}: copy ../shared/data/cifar10-train.tar.xz there")
+        raise StageFailed(f"{run.data} is missing: copy ../shared/data/cifar10-train.tar.xz there")
     began = time.monotonic()
     folder = run.work / "data"
     with tarfile.open(run.data) as archive:
@@ -354,8 +360,8 @@ def cuda_tests(run: Run) -> str:
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     run.say(run.tail("cuda-tests.log", 20))
     if result["rc"] not in (0, 5) or result["stopped"]:
-        raise RuntimeError(f"pytest exit {result['rc']}{' (stopped)' if result['stopped'] else ''}"
-                           f": {summary}")
+        raise StageFailed(f"pytest exit {result['rc']}{' (stopped)' if result['stopped'] else ''}"
+                          f": {summary}")
     return summary
 
 
@@ -388,8 +394,8 @@ def bench(run: Run) -> str:
     result = run.child(command, "bench.log", timeout=run.allowed("bench"))
     run.say(run.tail("bench.log", 14))
     if result["rc"] != 0:
-        raise RuntimeError(f"ddim bench exit {result['rc']}"
-                           f"{' (stopped at its time limit)' if result['stopped'] else ''}")
+        raise StageFailed(f"ddim bench exit {result['rc']}"
+                          f"{' (stopped at its time limit)' if result['stopped'] else ''}")
     rows = json.loads(out.read_text())["results"]
     run.facts["bench"] = rows
     best = {r["path"]: r["images_per_s"] for r in rows}
@@ -426,6 +432,9 @@ def plan(run: Run) -> str:
     decision["measure_exit"] = result
     run.facts["plan"] = decision
     _write_json(run.records / "plan.json", decision)
+    if result["rc"] != 0 or result["stopped"]:
+        how = "stopped at its time limit" if result["stopped"] else f"exit {result['rc']}"
+        return f"{decision['summary']} (measurement {how}: the defaults where it said nothing)"
     return decision["summary"]
 
 
@@ -439,7 +448,8 @@ def decide(measured: dict, seconds: float, sizes: Sizes) -> dict:
     """Width, batch and compile from the measurements (defaults where one is missing)."""
     width = measured.get("width", WARM_WIDTH)
     batch = measured.get("batch", sizes.batch)
-    eager = measured.get("chosen_eager_images_per_s")
+    eager = next((r["images_per_s"] for r in measured.get("eager", [])
+                  if (r["width"], r["batch"]) == (width, batch)), None)  # fmt: skip
     compiled = measured.get("compiled") or {}
     use_compile, why = False, "compile not measured"
     if compiled.get("images_per_s") and eager:
@@ -463,45 +473,59 @@ def decide(measured: dict, seconds: float, sizes: Sizes) -> dict:
 
 
 def train(run: Run) -> str:
-    """ddim train --config cifar10-gpu (--init bundled at the shipped width) for the time left."""
+    """ddim train --config cifar10-gpu (--init bundled at the shipped width) for the time left;
+    compiled training that makes no checkpoint is run again eagerly, if time is left."""
+    decision = run.facts.get("plan") or decide({}, 0.0, run.sizes)
+    if not (run.work / "train.npz").is_file():
+        raise StageFailed("no training images (the environment stage failed)")
+    note = _train(run, decision, decision["compile"], run.work / "run")
+    if note is None and decision["compile"] and _training_seconds(run, 0.0) > run.allowed(
+            "least-training"):
+        run.say("compiled training made no checkpoint: training again, eager")
+        note = _train(run, decision, False, run.work / "run-eager")
+    if note is None:
+        raise StageFailed(f"ddim train made no checkpoint (records/train.log): "
+                          f"{run.tail('train.log', 1)}")
+    return note
+
+
+def _train(run: Run, decision: dict, compile: bool, folder: Path) -> str | None:
+    """One `ddim train` into `folder` for the time left; its outcome, or None without a
+    checkpoint."""
     from ddim.config import load_config
 
-    s, decision = run.sizes, run.facts.get("plan") or decide({}, 0.0, run.sizes)
-    if not (run.work / "train.npz").is_file():
-        raise RuntimeError("no training images (the environment stage failed)")
     config = load_config(TRAIN_CONFIG)
     width, batch = decision["width"], decision["batch"]
     overrides = gpu_plan.batch_overrides(batch, config.training.lr, config.training.warmup)
     if width != config.model.ch:
         overrides["model.ch"] = width
     seconds = _training_seconds(run, 0.0)
-    rate = decision.get("images_per_s") or 0.0
-    every = max(50, round(rate * 90 / batch / 50) * 50)  # a checkpoint about every 90 s
+    rate = decision.get("images_per_s")  # a checkpoint about every 90 s (1000 steps if unknown)
+    every = max(50, round(rate * 90 / batch / 50) * 50) if rate else 1000
     command = [sys.executable, "-m", "ddim", "train", "--config", TRAIN_CONFIG, "--data",
                str(run.work / "train.npz"), "--batch", str(batch),
-               "--time-budget", f"{seconds:.0f}s", "--run-dir", str(run.work / "run"),
+               "--time-budget", f"{seconds:.0f}s", "--run-dir", str(folder),
                "--checkpoint-every", str(every), "--keep", "2", "--log-every", "50",
                "--workers", "0", "--cache-dir", str(run.work / "cache")]  # fmt: skip
     command += [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
     if width == WARM_WIDTH:
         command += ["--init", "bundled"]
-    if decision["compile"]:
+    if compile:
         command.append("--compile")
-    if s.max_steps:
-        command += ["--max-steps", str(s.max_steps)]
+    if run.sizes.max_steps:
+        command += ["--max-steps", str(run.sizes.max_steps)]
     run.say(f"training for {seconds:.0f} s: ch {width}, batch {batch}, "
-            f"{'compiled' if decision['compile'] else 'eager'}")
+            f"{'compiled' if compile else 'eager'}")
     limit = seconds + run.allowed("train-startup") + 60
     result = run.child(command, "train.log", timeout=limit)
     run.say(run.tail("train.log", 8))
-    return _training_outcome(run, result)
+    return _training_outcome(run, result, folder)
 
 
-def _training_outcome(run: Run, result: dict) -> str:
-    """The run's last checkpoint and last metrics, recorded; a run with no checkpoint fails."""
+def _training_outcome(run: Run, result: dict, folder: Path) -> str | None:
+    """The run's last checkpoint and last metrics, recorded; None when it wrote no checkpoint."""
     from ddim.training import latest_checkpoint
 
-    folder = run.work / "run"
     grids = sorted((folder / "samples").glob("step-*.png"))
     _keep(folder, ("config.yml", "run.json", "init.json", "metrics.jsonl"), run.records / "run")
     _keep(folder / "samples", [g.name for g in grids[-1:]], run.records / "run")
@@ -510,8 +534,8 @@ def _training_outcome(run: Run, result: dict) -> str:
     last = json.loads(lines[-1]) if lines else {}
     try:
         checkpoint = latest_checkpoint(folder)
-    except Exception as error:
-        raise RuntimeError(f"ddim train exit {result['rc']} and no checkpoint: {error}") from None
+    except Exception:
+        return None
     run.facts["train"] = {**result, "checkpoint": str(checkpoint), "last_metrics": last}
     note = (f"exit {result['rc']}{' (stopped)' if result['stopped'] else ''}; "
             f"{checkpoint.name}")
@@ -531,14 +555,14 @@ def sample(run: Run) -> str:
 
     checkpoint = (run.facts.get("train") or {}).get("checkpoint")
     if checkpoint is None:
-        raise RuntimeError("no trained checkpoint")
+        raise StageFailed("no trained checkpoint")
     s, weights = run.sizes, run.work / "ema-fp16.safetensors"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         rc = ddim(["convert", checkpoint, str(weights), "--half"])
     run.say(printed.getvalue().rstrip())
     if rc != 0:
-        raise RuntimeError(f"ddim convert --half exit {rc} on {checkpoint}")
+        raise StageFailed(f"ddim convert --half exit {rc} on {checkpoint}")
     hand_back(run, "weights", weights, weights.name)
     main_bytes = npz_bytes(s.main_n)
     files = run.files_used() + gpu_plan.parts_of(main_bytes)

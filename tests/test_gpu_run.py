@@ -77,6 +77,24 @@ def test_compile_pays_only_when_the_images_gained_outweigh_the_compilation():
     assert not plan.compile_pays(10_000, 15_000, 400, 300)
 
 
+def test_the_plan_falls_back_to_the_shipped_width_eager_when_nothing_was_measured():
+    decision = run.decide({}, 300.0, run.GPU)
+    assert (decision["width"], decision["batch"], decision["compile"]) == (64, 512, False)
+    assert decision["images_per_s"] is None and "not measured" in decision["width_reason"]
+
+
+def test_the_plan_compiles_when_the_measured_rates_say_it_pays():
+    eager = [{"width": 64, "batch": 512, "images_per_s": 10_000.0}]
+    measured = {"width": 64, "batch": 512, "eager": eager,
+                "compiled": {"images_per_s": 15_000.0, "compile_seconds": 60.0}}  # fmt: skip
+    decision = run.decide(measured, 300.0, run.GPU)
+    assert decision["compile"] and decision["images_per_s"] == 15_000.0
+    assert decision["projected_images"] == 15_000.0 * 300
+    assert not run.decide(measured, 100.0, run.GPU)["compile"]  # 40 s left to train compiled
+    del measured["compiled"]  # the compilation was stopped: eager
+    assert not run.decide(measured, 300.0, run.GPU)["compile"]
+
+
 def test_training_time_is_what_the_deadline_leaves_and_never_below_the_least():
     assert plan.training_seconds(400, after=50, startup=20, least=30) == 330
     assert plan.training_seconds(60, after=50, startup=20, least=30) == 30
