@@ -90,7 +90,7 @@ SMOKE = Sizes(minutes=10.0, bench_config="tiny", bench_batch=2, bench_steps=2, b
 ALLOWED = {"cuda-tests": 100, "bench": 90, "plan": 100, "train-startup": 15, "least-training": 30,
            "after-training": 40, "pack": 5}  # fmt: skip
 STOP_GRACE_S = 30  # after SIGTERM (the trainer writes a checkpoint), before SIGKILL
-
+NPZ_HEADER_BYTES = 1024  # an .npz's zip and array headers, at most
 
 
 def sample_sets(sizes: Sizes) -> list[tuple[str, int, list[str]]]:
@@ -106,9 +106,6 @@ def sample_sets(sizes: Sizes) -> list[tuple[str, int, list[str]]]:
     return [(f"S{S}-{row}-n{n}", n, ["--steps", str(S), *rows[row]]) for S, row, n in cells]
 
 
-NPZ_HEADER_BYTES = 1024
-
-
 def npz_bytes(n: int, image_bytes: int = 3 * 32 * 32) -> int:
     """Size of an .npz of n uint8 32×32 RGB images, at most."""
     return n * image_bytes + NPZ_HEADER_BYTES
@@ -120,7 +117,8 @@ def npz_bytes(n: int, image_bytes: int = 3 * 32 * 32) -> int:
 class Run:
     """One run: its folders, its log, its deadline, the children it starts and what it records."""
 
-    def __init__(self, out: Path, work: Path, sizes: Sizes, data: Path, wheels: Path):
+    def __init__(self, out: Path, work: Path, sizes: Sizes, data: Path, wheels: Path,
+                 smoke: bool):  # fmt: skip
         self.out, self.work, self.sizes, self.data, self.wheels = out, work, sizes, data, wheels
         self.start = time.monotonic()
         self.deadline = self.start + 60 * sizes.minutes
@@ -128,7 +126,7 @@ class Run:
         self.records.mkdir(parents=True, exist_ok=True)
         self.log_file = open(self.records / "run.log", "a", encoding="utf-8")
         self.stages: list[dict] = []
-        self.facts: dict = {"sizes": asdict(sizes), "smoke": sizes != GPU}
+        self.facts: dict = {"sizes": asdict(sizes), "smoke": smoke}
         self.returned: list[dict] = []  # manifest entries of the weights and samples in `out`
         self.handled: dict[str, str] = {}  # file name -> handed back / did not fit
         self.env = self._child_environment()
@@ -265,27 +263,50 @@ def _write_json(path: Path, value) -> None:
 
 def environment(run: Run) -> str:
     """What the run relies on, in its first lines; the wheels installed; the images decoded."""
-    import torch
-
-    facts = {"python": sys.version.split()[0], "executable": sys.executable,
-             "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-             "cuda_build": torch.version.cuda, "cuda": torch.cuda.is_available()}  # fmt: skip
-    run.say(f"python {facts['python']} ({sys.executable}), {facts['cpus']} CPUs, "
-            f"{facts['platform']}")
-    run.say(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}")
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        name = torch.cuda.get_device_name()
-        facts |= {"device": name, "capability": list(torch.cuda.get_device_capability()),
-                  "memory_free_gib": free / 2**30, "memory_total_gib": total / 2**30}
-        run.say(f"GPU: {name}, {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
-    else:
-        facts["device"] = "cpu"
-        run.say("GPU: none (CUDA is not available): the CUDA tests skip, all runs on the CPU")
-    run.facts["environment"] = facts
+    run.say(f"python {sys.version.split()[0]} ({sys.executable}), {os.cpu_count()} CPUs, "
+            f"{platform.platform()}")
+    run.facts["environment"] = {"python": sys.version.split()[0], "executable": sys.executable,
+                                "cpus": os.cpu_count(), "platform": platform.platform()}
     install_wheels(run)
-    check_diffusers(run)
+    probe(run)
     return decode_training_images(run)
+
+
+PROBE = """
+import json, torch
+facts = {"torch": torch.__version__, "cuda_build": torch.version.cuda,
+         "cuda": torch.cuda.is_available(), "device": "cpu"}
+if facts["cuda"]:
+    free, total = torch.cuda.mem_get_info()
+    facts.update(device=torch.cuda.get_device_name(),
+                 capability=list(torch.cuda.get_device_capability()),
+                 memory_free_gib=free / 2**30, memory_total_gib=total / 2**30)
+try:
+    import diffusers
+    facts["diffusers"] = f"{diffusers.__version__} ({diffusers.__file__})"
+except Exception as error:
+    facts["diffusers"], facts["diffusers_error"] = None, f"{type(error).__name__}: {error}"
+print(json.dumps(facts))
+"""
+
+
+def probe(run: Run) -> None:
+    """torch, the GPU and its free memory, and whether diffusers imports, as the children see
+    them (the run's own process never touches the GPU)."""
+    result = run.child([sys.executable, "-c", PROBE], "probe.log", timeout=120)
+    if result["rc"] != 0:
+        raise StageFailed(f"python cannot import torch: {run.tail('probe.log', 1)}")
+    facts = json.loads(run.tail("probe.log", 1))
+    run.facts["environment"] |= facts
+    run.facts["diffusers"] = facts["diffusers"]
+    run.say(f"torch {facts['torch']}, built for CUDA {facts['cuda_build']}")
+    if facts["cuda"]:
+        run.say(f"GPU: {facts['device']}, {facts['memory_free_gib']:.1f} GiB free of "
+                f"{facts['memory_total_gib']:.1f} GiB")
+    else:
+        run.say("GPU: none (CUDA is not available): the CUDA tests skip, all runs on the CPU")
+    run.say(f"diffusers: {facts['diffusers']}" if facts["diffusers"] else
+            f"diffusers: not importable ({facts['diffusers_error']}); the bench skips its column")
 
 
 def install_wheels(run: Run) -> None:
@@ -303,16 +324,6 @@ def install_wheels(run: Run) -> None:
             f"{'installed' if result['rc'] == 0 else 'not installed: ' + run.tail('pip.log', 3)}")
 
 
-def check_diffusers(run: Run) -> None:
-    """Whether diffusers imports in the children's environment (the bench's third column)."""
-    code = "import diffusers; print(diffusers.__version__, diffusers.__file__)"
-    result = run.child([sys.executable, "-c", code], "diffusers.log", timeout=120)
-    last = run.tail("diffusers.log", 1)
-    run.facts["diffusers"] = last if result["rc"] == 0 else None
-    run.say(f"diffusers: {last}" if result["rc"] == 0 else
-            f"diffusers: not importable ({last}); the bench skips its column")
-
-
 def decode_training_images(run: Run) -> str:
     """Unpack the .tar.xz of training JPEGs and decode it once into work/train.npz (uint8)."""
     from ddim.data import load_all, open_dataset
@@ -328,7 +339,10 @@ def decode_training_images(run: Run) -> str:
         else:  # Python before 3.10.12 / 3.11.4: refuse members that leave the folder
             _check_members(archive)
             archive.extractall(folder)
-    root = folder if (folder / "train").is_dir() else next(folder.glob("*/train")).parent
+    roots = [p.parent for p in [folder / "train", *folder.glob("*/train")] if p.is_dir()]
+    if not roots:
+        raise StageFailed(f"{run.data} holds no train/ folder")
+    root = roots[0]
     dataset = open_dataset(root, subdir="train", resolution=32, progress=False)
     workers = min(run.sizes.decode_workers, os.cpu_count() or 1)
     images = load_all(dataset, workers=workers, progress=False)
@@ -386,7 +400,7 @@ def bench(run: Run) -> str:
     command = [sys.executable, "-m", "ddim", "bench", "--config", s.bench_config, "--what",
                "sample", "--batch", str(s.bench_batch), "--steps", str(s.bench_steps),
                "--repeats", "1", "-o", str(out)]  # fmt: skip
-    peak = _peak_tflops(run.facts["environment"].get("device", ""))
+    peak = _peak_tflops(run.facts.get("environment", {}).get("device", ""))
     if peak:
         command += ["--peak-tflops", str(peak)]
     if not run.facts.get("diffusers"):
@@ -667,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.out} is not empty: the run hands back only its own files there")
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(__import__("tempfile").mkdtemp(prefix="ddim-gpu-run-"))
-    run = Run(args.out.resolve(), work.resolve(), sizes, args.data.resolve(), args.wheels.resolve())
+    run = Run(args.out.resolve(), work.resolve(), sizes, args.data.resolve(), args.wheels.resolve(),
+              args.smoke)
     run.say(f"gpu_run: {'smoke run' if args.smoke else 'GPU run'}, {sizes.minutes:g} minutes, "
             f"out {run.out}, work {run.work}")
     _on_signals(run)
