@@ -8,6 +8,6 @@
 # (src/ on PYTHONPATH, nothing installed); benchmarks/gpu_run.py says what each stage does, and
 # benchmarks/gpu_unpack.py puts what OUT_DIR holds back together.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" benchmarks/gpu_run.py "$@"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec "${PYTHON:-python3}" "$root/benchmarks/gpu_run.py" "$@"
