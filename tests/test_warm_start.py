@@ -9,6 +9,7 @@ import safetensors.torch
 import torch
 
 import ddim
+import ddim.cli
 from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model, save_checkpoint
 from ddim.checkpoint.diffusers import export_diffusers
 from ddim.config import apply_overrides, load_config
@@ -72,6 +73,32 @@ def test_the_bundled_float16_file_starts_a_float32_run_with_its_weights_as_both_
         assert torch.equal(state.net.state_dict()[name], value)
         assert torch.equal(state.ema.state_dict()[name], value)
     assert origin["weights"] == "one set (both)" and origin["images_seen"] == 4000 * 64
+
+
+def test_the_gpu_config_has_the_bundled_network_and_starts_from_its_weights():
+    cpu, gpu = load_config("cifar10-cpu"), load_config("cifar10-gpu")
+    assert gpu.model == cpu.model and gpu.data == cpu.data and gpu.diffusion == cpu.diffusion
+    started = start_state(gpu, CPU, init=bundled_checkpoint())
+    assert started.origin["images_seen"] == 4000 * 64
+    t = gpu.training  # the GPU recipe: large batch, short warm-up, decay over the last quarter
+    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 1e-3, 0.25, 0.0)
+
+
+def test_a_float16_conversion_keeps_the_images_its_weights_have_seen(tmp_path):
+    """A warm-started run's step counts only its own images: the converted file (the bundled
+    asset's form) must carry the lineage, or a run started from it would lose its ancestors'."""
+    config = config32()
+    net, ema = two_nets(config)
+    origin = {"path": "bundled", "images_seen": 256_000}
+    source = save_checkpoint(tmp_path / "run.safetensors", model_state=net.state_dict(),
+                             ema_state=ema.state_dict(), config=config, step=7,
+                             extra_meta={"images_seen": 256_056, "cpu_hours": 2.5,
+                                         "init": origin})  # fmt: skip
+    half = tmp_path / "half.safetensors"
+    assert ddim.cli.main(["convert", str(source), str(half), "--half"]) == 0
+    started = start_state(config, CPU, init=half)
+    assert started.origin["images_seen"] == 256_056 and started.origin["cpu_hours"] == 2.5
+    assert load_checkpoint(half).meta["extra"]["init"] == origin
 
 
 def test_another_architecture_is_refused_naming_the_difference(tmp_path):

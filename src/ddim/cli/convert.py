@@ -108,12 +108,21 @@ def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         config=checkpoint.config,
         step=checkpoint.step or 0,
         extra_meta={
+            **_lineage(checkpoint),
             "converted_from": str(args.source),
             "source_kind": checkpoint.kind,
             "weights": checkpoint.weights_label(use_ema=not args.raw),
             "float16": args.half,
         },
     )
+
+
+def _lineage(checkpoint: Checkpoint) -> dict:
+    """What the source records of its weights' history (images seen, CPU hours, the warm start
+    its run began from), kept so that a converted file, such as the bundled one, goes on
+    counting for the runs that start from it."""
+    extra = checkpoint.meta.get("extra") or {}
+    return {key: extra[key] for key in ("images_seen", "cpu_hours", "init") if key in extra}
 
 
 def _verify(checkpoint: Checkpoint, folder: Path, *, use_ema: bool) -> None:

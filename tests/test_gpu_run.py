@@ -1,0 +1,206 @@
+"""benchmarks/gpu_run.sh: its rules (width, batch, compile, what fits in the returned files), its
+packing and unpacking, and the whole run at smoke size on the CPU, every stage."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+MIB = 2**20
+
+
+def load(name):
+    """A module of benchmarks/ (not a package) by file name."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+plan = load("gpu_plan")
+pack = load("gpu_pack")
+run = load("gpu_run")
+
+CH64, CH96 = 8_952_067, 20_118_915  # parameters of cifar10-gpu at width 64 and 96
+
+
+# --- the rules ------------------------------------------------------------------------------------
+
+
+def test_a_width_over_the_size_limit_is_never_chosen_however_fast():
+    width, reason = plan.choose_width({64: 10_000, 96: 9_000}, {64: CH64, 96: CH96}, 300,
+                                      target_images=2.5e6)  # fmt: skip
+    assert width == 64 and "40.2 MB fp16 (over 20 MB)" in reason
+
+
+def test_the_widest_width_that_fits_and_reaches_the_target_is_chosen():
+    rates, params = {64: 12_000, 96: 9_000, 80: 8_000}, {64: CH64, 96: 9_000_000, 80: 9_500_000}
+    assert plan.choose_width(rates, params, 300, target_images=2.5e6)[0] == 96
+    # 96 no longer reaches 2.5M in 250 s (2.25M): the widest that does is 64
+    assert plan.choose_width(rates, params, 250, target_images=2.5e6)[0] == 64
+    # none reaches it: the fitting width that sees the most images
+    assert plan.choose_width(rates, params, 100, target_images=2.5e6)[0] == 64
+    assert plan.choose_width({96: 1.0}, {96: CH96}, 100, target_images=1)[0] == 96  # none fits
+
+
+def test_the_smallest_batch_within_ten_percent_of_the_best_is_chosen():
+    assert plan.choose_batch({256: 9_000, 512: 10_500, 1024: 11_000})[0] == 512
+    assert plan.choose_batch({256: 10_000, 512: 10_500, 1024: 11_000})[0] == 256
+    assert plan.choose_batch({256: 5_000, 512: 8_000, 1024: 11_000})[0] == 1024
+
+
+def test_the_learning_rate_scales_with_the_square_root_of_the_batch_and_warmup_keeps_images():
+    assert plan.batch_overrides(512, 1e-3, 200) == {"training.lr": 1e-3, "training.warmup": 200}
+    scaled = plan.batch_overrides(1024, 1e-3, 200)
+    assert math.isclose(scaled["training.lr"], 1e-3 * math.sqrt(2))
+    assert scaled["training.warmup"] == 100
+    assert plan.batch_overrides(256, 1e-3, 0)["training.warmup"] == 0
+
+
+def test_compile_pays_only_when_the_images_gained_outweigh_the_compilation():
+    assert plan.compile_pays(10_000, 15_000, 60, 300)  # 240 s at 15k > 300 s at 10k
+    assert not plan.compile_pays(10_000, 12_000, 60, 300)  # 2.88M < 3.0M
+    assert not plan.compile_pays(10_000, 15_000, 400, 300)
+
+
+def test_the_plan_falls_back_to_the_shipped_width_eager_when_nothing_was_measured():
+    decision = run.decide({}, 300.0, run.GPU)
+    assert (decision["width"], decision["batch"], decision["compile"]) == (64, 512, False)
+    assert decision["images_per_s"] is None and "not measured" in decision["width_reason"]
+
+
+def test_the_plan_compiles_when_the_measured_rates_say_it_pays():
+    eager = [{"width": 64, "batch": 512, "images_per_s": 10_000.0}]
+    measured = {"width": 64, "batch": 512, "eager": eager,
+                "compiled": {"images_per_s": 15_000.0, "compile_seconds": 60.0}}  # fmt: skip
+    decision = run.decide(measured, 300.0, run.GPU)
+    assert decision["compile"] and decision["images_per_s"] == 15_000.0
+    assert decision["projected_images"] == 15_000.0 * 300
+    assert not run.decide(measured, 100.0, run.GPU)["compile"]  # 40 s left to train compiled
+    del measured["compiled"]  # the compilation was stopped: eager
+    assert not run.decide(measured, 300.0, run.GPU)["compile"]
+
+
+def test_training_time_is_what_the_deadline_leaves_and_never_below_the_least():
+    assert plan.training_seconds(400, after=50, startup=20, least=30) == 330
+    assert plan.training_seconds(60, after=50, startup=20, least=30) == 30
+
+
+def test_at_gpu_size_two_table_sets_fit_beside_the_weights_and_the_main_set():
+    from ddim.checkpoint import bundled_checkpoint
+
+    weights = bundled_checkpoint().stat().st_size  # the float16 file of the same network
+    main = run.npz_bytes(10_000)
+    files = plan.parts_of(weights) + plan.parts_of(main)
+    assert files == 4
+    assert plan.sets_that_fit(files, weights + main, run.npz_bytes(2_000)) == 2
+    assert plan.sets_that_fit(8, 0, 1) == 0 and plan.sets_that_fit(0, 0, 70 * MIB) == 0
+
+
+def test_sample_sets_start_with_the_main_set_then_the_costliest_table_cells():
+    names = [name for name, _, _ in run.sample_sets(run.GPU)]
+    assert names[:3] == ["S50-eta0-n10000", "S50-eta1-n2000", "S50-sigmahat-n2000"]
+    assert len(names) == 9 and names[-2:] == ["S20-eta0-n2000", "S10-eta0-n2000"]
+    options = dict((name, opts) for name, _, opts in run.sample_sets(run.GPU))
+    assert options["S10-sigmahat-n2000"] == ["--steps", "10", "--sampler", "ddpm", "--variance",
+                                             "large"]  # fmt: skip
+    assert options["S20-eta1-n2000"] == ["--steps", "20", "--eta", "1"]
+
+
+# --- packing --------------------------------------------------------------------------------------
+
+
+def test_files_split_into_parts_join_back_and_a_changed_part_is_caught(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 2500, dtype=np.uint8).tobytes()
+    (tmp_path / "big.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = pack.split_file(tmp_path / "big.bin", out, "big.bin", part_bytes=1000)
+    assert [p["file"] for p in entry["parts"]] == ["big.bin.00", "big.bin.01", "big.bin.02"]
+    assert [p["bytes"] for p in entry["parts"]] == [1000, 1000, 500]
+    pack.join_parts(out, entry, tmp_path / "joined.bin")
+    assert (tmp_path / "joined.bin").read_bytes() == data
+    (out / "big.bin.01").write_bytes(b"x" * 1000)
+    with pytest.raises(ValueError, match="big.bin.01"):
+        pack.join_parts(out, entry, tmp_path / "again.bin")
+    with pytest.raises(ValueError, match="letters, digits"):
+        pack.split_file(tmp_path / "big.bin", out, "bad name")
+
+
+# --- the whole run, at smoke size ----------------------------------------------------------------
+
+
+def jpeg_archive(path: Path, n: int = 16) -> Path:
+    """A .tar.xz laid out as cifar10-train.tar.xz: train/<class>/NNNN.jpg, 32×32 JPEGs."""
+    rng = np.random.default_rng(0)
+    folder = path.parent / "jpegs"
+    for k in range(n):
+        image = (rng.uniform(0, 60, (32, 32, 3)) + rng.uniform(0, 190, 3)).astype(np.uint8)
+        target = folder / "train" / ("cat", "dog")[k % 2] / f"{k:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(target, quality=75)
+    with tarfile.open(path, "w:xz") as archive:
+        archive.add(folder / "train", arcname="train")
+    return path
+
+
+def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    data = jpeg_archive(tmp_path / "train.tar.xz")
+    command = ["bash", str(BENCHMARKS / "gpu_run.sh"), str(out), "--smoke", "--data", str(data),
+               "--wheels", str(tmp_path / "no-wheels"), "--work", str(work)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**_env(), "PYTHON":
+                                                                          sys.executable})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.stdout.splitlines()[2].split("] ", 1)[1].startswith("python ")
+    stages = json.loads((work / "records" / "stages.json").read_text())
+    assert [s["stage"] for s in stages] == [name for name, _ in run.STAGES]
+    assert all(s["status"] == "ok" for s in stages), stages
+
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= plan.MAX_FILES and "manifest.json" in files and "records.tar.gz" in files
+    assert all(pack.NAME.match(f) and (out / f).stat().st_size <= plan.PART_BYTES for f in files)
+    assert sum((out / f).stat().st_size for f in files) <= plan.MAX_TOTAL_BYTES
+    assert {"ema-fp16.safetensors.00", "ema-fp16.safetensors.01", "S5-eta0-n4.npz"} <= set(files)
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [entry["name"] for entry in manifest["files"]]
+    parts = [part["file"] for entry in manifest["files"] for part in entry["parts"]]
+    assert len(set(names)) == len(names) and sorted(parts + ["manifest.json"]) == files
+    # every set the smoke run samples fits: the weights, the main set, three table cells
+    assert names[:2] == ["ema-fp16.safetensors", "S5-eta0-n4.npz"] and len(names) == 6
+    assert "did not fit" not in result.stdout
+
+    unpacked = tmp_path / "unpacked"
+    check = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_unpack.py"), str(out),
+                            str(unpacked)], capture_output=True, text=True, env=_env())  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    from ddim.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(unpacked / "ema-fp16.safetensors")
+    assert weights.model_config.ch == 64 and weights.meta["extra"]["float16"]
+    with np.load(unpacked / "S5-eta0-n4.npz") as samples:
+        assert samples["arr_0"].shape == (4, 32, 32, 3)
+    records = unpacked / "records"
+    assert json.loads((records / "run" / "init.json").read_text())["images_seen"] == 256_000
+    assert (records / "bench.json").is_file() and (records / "plan.json").is_file()
+    assert "collected" in (records / "cuda-tests.log").read_text()
+
+
+def _env():
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
