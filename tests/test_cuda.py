@@ -22,6 +22,7 @@ import json
 
 import pytest
 import torch
+from ddim.generate import SamplerSpec, iterate_images
 
 import ddim.diffusion.samplers as samplers
 from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model
@@ -30,7 +31,6 @@ from ddim.data import infinite_batches, to_uint8
 from ddim.diffusion.loss import simple_loss
 from ddim.diffusion.samplers import generators_from_seeds, sample, sample_ddpm
 from ddim.diffusion.schedule import alpha_bars
-from ddim.generate import SamplerSpec, iterate_images
 from ddim.network.precision import Precision, eps_model_for, named_precision
 from ddim.network.unet import UNet
 from ddim.training import init_training, train
