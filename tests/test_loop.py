@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import ddim.training.loop as loop_module
 import ddim.training.recipe as recipe_module
 from ddim.checkpoint import load_checkpoint
+from ddim.diffusion.schedule import alpha_bars
 from ddim.errors import DdimError
 from ddim.training import latest_checkpoint, new_run_dir, train
 
@@ -222,3 +224,41 @@ def test_device_resolution_gives_cuda_an_index():
     assert resolve_device(torch.device("cuda", 1), 3, True) == torch.device("cuda", 1)
     assert resolve_device(None, 2, True) == torch.device("cuda", 2)
     assert resolve_device(None, 0, False) == cpu and resolve_device(cpu, 0, True) == cpu
+
+
+class _DropsDeepGradients(torch.nn.Module):
+    """A stand-in for a compiled network that gets the gradients of every layer past the first
+    level wrong (none at all), as torch.compile under bf16 autocast on the CPU was seen to."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        params = {name: (p if name.startswith(("conv_in", "down.0.block")) else p.detach())
+                  for name, p in self.net.named_parameters()}  # fmt: skip
+        return torch.func.functional_call(self.net, params, (x, t))
+
+
+def test_a_compiled_network_with_wrong_gradients_is_found_and_refused(
+    tmp_path, blobs, small_config, monkeypatch
+):
+    config = small_config("training.n_iters=2")
+    state = recipe_module.init_training(config, torch.device("cpu"))
+    with torch.no_grad():  # the reference initialisation zeroes some layers: wake them
+        for p in state.net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    alpha_bar = alpha_bars(config.diffusion.betas()).float()
+    x_0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    objective = recipe_module.Objective.from_config(config)
+    errors = recipe_module.compiled_gradient_errors
+    assert errors(state, state.net, x_0, alpha_bar, objective, amp=False) == []
+    wrong = errors(state, _DropsDeepGradients(state.net), x_0, alpha_bar, objective, amp=True)
+    deep = [n for n, _ in state.net.named_parameters()
+            if not n.startswith(("conv_in", "down.0.block"))]  # fmt: skip
+    assert wrong == deep and all(p.grad is None for p in state.net.parameters())
+    # train(compile=True) checks before its first step, and refuses in one line
+    monkeypatch.setattr(loop_module.torch, "compile", _DropsDeepGradients)
+    with pytest.raises(DdimError, match=r"torch.compile gives \d+ of \d+ parameters a zero"):
+        train(config, tmp_path, images=blobs(16), compile=True, sample_every=0, progress=False)
+    assert not (tmp_path / "checkpoints").exists()

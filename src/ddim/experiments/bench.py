@@ -21,13 +21,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddim.config import Config
-from ddim.data import infinite_batches, to_uint8
+from ddim.data import infinite_batches, to_model_range, to_uint8
 from ddim.device import native_bf16
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars, timesteps
 from ddim.network.precision import Precision, eps_model_for, sampling_precision
 from ddim.network.unet import UNet, reference_init_
 from ddim.training import Objective, Schedule, init_training, train_step
+from ddim.training.recipe import compiled_gradient_errors
 
 
 @dataclass
@@ -243,7 +244,13 @@ def bench_training(
                               schedule=schedule, model=model, amp=amp)  # fmt: skip
 
         seconds, _ = _timed(step, device, repeats)
-        results.append(_result("train", name, batch, seconds, flops, peak_tflops, device))
+        note = ""
+        if use_compile:
+            x_0 = to_model_range(images[:2])
+            wrong = compiled_gradient_errors(state, model, x_0, alpha_bar, objective, amp=amp)
+            note = f"WRONG: {len(wrong)} parameters get no gradient; ddim train refuses" if wrong \
+                else "gradients checked against eager"
+        results.append(_result("train", name, batch, seconds, flops, peak_tflops, device, note))
     return results
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ddim.config import Config, dump_config
-from ddim.data import infinite_batches, load_all, open_dataset, to_uint8
+from ddim.data import infinite_batches, load_all, open_dataset, to_model_range, to_uint8
 from ddim.device import distributed_context, native_bf16
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars
@@ -27,7 +27,13 @@ from ddim.errors import DdimError
 from ddim.files import write_text
 from ddim.images import save_grid
 from ddim.training.log import TrainLog
-from ddim.training.recipe import Objective, Schedule, TrainState, train_step
+from ddim.training.recipe import (
+    Objective,
+    Schedule,
+    TrainState,
+    compiled_gradient_errors,
+    train_step,
+)
 from ddim.training.run_dir import (
     RunOptions,
     claim_run_dir,
@@ -159,6 +165,8 @@ def train(
                        start=started.state.step, end=end, cpu=started.cpu_seconds)  # fmt: skip
         loop = _Loop(config, run_dir, started, options, schedule, objective, rank, world_size)
         model = _wrap(started.state.net, device, world_size, compile)
+        if compile:
+            _check_compiled(loop, model, images, amp)
         return loop.run(model, batches, log, end=end, amp=amp)
 
 
@@ -246,6 +254,20 @@ def _wrap(net: torch.nn.Module, device: torch.device, world_size: int, compile: 
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     return torch.compile(model) if compile else model
+
+
+def _check_compiled(loop: _Loop, model, images: torch.Tensor, amp: bool) -> None:
+    """Refuse a compiled network whose gradients are wrong here (`compiled_gradient_errors`)."""
+    state = loop.state
+    x_0 = to_model_range(images[:2].to(_device_of(state)))
+    wrong = compiled_gradient_errors(state, model, x_0, loop.alpha_bar, loop.objective, amp=amp)
+    if wrong:
+        where = x_0.device.type + (" under bf16 autocast" if amp else "")
+        raise DdimError(
+            f"torch.compile gives {len(wrong)} of {len(list(state.net.parameters()))} parameters "
+            f"a zero gradient where the eager network's is not (e.g. {wrong[0]}) on {where}: "
+            "it would train only part of the network; train without compile (or in float32)"
+        )
 
 
 def _write_records(run_dir: Path, config: Config, options: RunOptions, started: Started,

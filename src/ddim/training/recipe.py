@@ -209,3 +209,34 @@ def train_step(
     ema_update(state.ema, state.net, schedule.ema_decay(state.images))
     state.step += 1
     return loss.detach()
+
+
+def compiled_gradient_errors(
+    state: TrainState,
+    model: torch.nn.Module,
+    x_0: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    objective: Objective,
+    *,
+    amp: bool,
+) -> list[str]:
+    """The parameters whose gradient `model` (the network as compiled) gets wrong: all zero where
+    the eager network's is not, on the same images, t and ε. torch.compile has been seen to drop
+    the gradient behind a padded stride-2 convolution under bf16 autocast on the CPU, training only
+    the layers before it; this catches that class of fault before a run spends hours on it."""
+    generator = torch.Generator(device=x_0.device).manual_seed(0)
+    t = training_timesteps(len(x_0), objective.num_timesteps, generator=generator,
+                           device=x_0.device)  # fmt: skip
+    noise = torch.randn(x_0.shape, generator=generator, device=x_0.device)
+    grads = []
+    for network in (state.net, model):
+        state.net.zero_grad(set_to_none=True)
+        with torch.autocast(x_0.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = simple_loss(network, x_0, t, noise, alpha_bar, reduction=objective.reduction,
+                               weighting=objective.weighting, gamma=objective.gamma)  # fmt: skip
+        loss.backward()
+        grads.append({name: None if p.grad is None else bool(p.grad.any())
+                      for name, p in state.net.named_parameters()})  # fmt: skip
+    state.net.zero_grad(set_to_none=True)
+    eager, compiled = grads
+    return [name for name, flows in eager.items() if flows and not compiled[name]]
