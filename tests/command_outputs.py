@@ -126,7 +126,6 @@ def run_commands(folder: Path) -> dict[str, str]:
 def api_outputs() -> dict[str, str]:
     """The README's Python API on the tiny checkpoint: each result tensor digested."""
     import ddim
-    from ddim.diffusion.samplers import sample_dpmpp_2m
 
     net, config = ddim.load_model("tiny.safetensors")
     eps_model = lambda x, t: net(x, t)  # noqa: E731
@@ -143,7 +142,7 @@ def api_outputs() -> dict[str, str]:
         "encode": ddim.encode(eps_model, x_0, betas, steps=5),
         "reconstruct": ddim.reconstruct(eps_model, x_0, betas, steps=3, skip="trailing"),
         "interpolate": ddim.interpolate(eps_model, x_0[0], x_0[1], betas, steps=3, num=4),
-        "sample_dpmpp_2m": sample_dpmpp_2m(eps_model, x_T, betas, steps=6, skip="logsnr"),
+        "sample_dpmpp_2m": ddim.sample_dpmpp_2m(eps_model, x_T, betas, steps=6, skip="logsnr"),
         "timesteps": torch.tensor(ddim.timesteps(1000, 100, "quad")),
     }
     return {f"api/{name}": _tensor_digest(value) for name, value in results.items()}

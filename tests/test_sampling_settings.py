@@ -144,24 +144,29 @@ def test_a_new_solver_is_one_step_function_and_one_entry(tiny_checkpoint, tmp_pa
                  "-o", str(tmp_path / "c")]) == 2  # fmt: skip
 
 
-def test_dpmpp_2m_from_the_command_line_is_the_api_solver(tiny_checkpoint, tmp_path):
-    from ddim.checkpoint import load_model
-    from ddim.diffusion.samplers import sample_dpmpp_2m
+@pytest.mark.parametrize("sampler, api", [("dpmpp-2m", "sample_dpmpp_2m"), ("ddim", "sample")])
+def test_logsnr_from_the_command_line_is_the_api_sampler(sampler, api, tiny_checkpoint, tmp_path):
+    """`ddim sample --skip logsnr` (DDIM or 2M) makes the images of `ddim.sample(…, skip="logsnr")`
+    / `ddim.sample_dpmpp_2m`, over the τ of the checkpoint's schedule."""
+    import ddim
     from ddim.sampling.seeds import seed_latents
 
     argv = ["sample", "--ckpt", str(tiny_checkpoint), "--n", "3", "--steps", "5", "--skip",
-            "logsnr", "--sampler", "dpmpp-2m", "--precision", "fp32", "-o", str(tmp_path)]
+            "logsnr", "--sampler", sampler, "--precision", "fp32", "-o", str(tmp_path)]
     assert main(argv) == 0
-    net, config = load_model(tiny_checkpoint)
+    net, config = ddim.load_model(tiny_checkpoint)
+    betas = config.diffusion.betas()
     with torch.no_grad():
-        x_0 = sample_dpmpp_2m(lambda x, t: net(x, t), seed_latents(range(3), (3, 8, 8), "cpu"),
-                              config.diffusion.betas(), steps=5, skip="logsnr")  # fmt: skip
+        x_0 = getattr(ddim, api)(lambda x, t: net(x, t), seed_latents(range(3), (3, 8, 8), "cpu"),
+                                 betas, steps=5, skip="logsnr")  # fmt: skip
     expected = to_uint8(x_0).permute(0, 2, 3, 1).numpy()
     images = np.load(tmp_path / "samples.npz")["arr_0"]
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # channels-last rounding
     record = json.loads((tmp_path / "sample.json").read_text())
-    assert record["sampler"] == {"steps": 5, "skip": "logsnr", "kind": "dpmpp-2m",
+    option = {"eta": 0.0} if sampler == "ddim" else {}
+    assert record["sampler"] == {"steps": 5, "skip": "logsnr", **option, "kind": sampler,
                                  "clip_x0": None}  # fmt: skip
+    assert record["timesteps"] == schedule.timesteps(len(betas), 5, "logsnr", betas=betas)
 
 
 def test_walk_hands_each_step_the_one_before():
