@@ -29,7 +29,8 @@ EXAMPLE = (
 )
 
 
-# What `ddim sample` owns in its output folder (see ddim.files.outputs).
+# What `ddim sample` owns in its output folder (see ddim.files.outputs); a rerun continues its
+# shards and makes the rest again.
 OWNED = ("parts", "grid.png", "samples.npz", "png", "sample.json")
 
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     check_image_memory(args.n, settings.shape, "--n")
     recorded = {**model.settings(), "sampler": settings.sampler.record(), "seed": args.seed,
                 "image_shape": list(settings.shape)}  # fmt: skip
-    out = folder_output(args.out, OWNED)
+    out = folder_output(args.out, OWNED, command="sample", reused=("parts",))
     with claim_output(out, recorded, overwrite=args.overwrite, active=rank == 0):
         if world > 1:
             torch.distributed.barrier()  # rank 0 has checked the folder before anyone writes

@@ -108,7 +108,8 @@ def run(args) -> int:
 
     out = Path(args.out)
     recorded = table_settings(args, model, ref_stats, skip)
-    output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"))
+    output = folder_output(out, ("table.json", "table.md", "fid_vs_steps.png"), command="table",
+                           reused=("table.json",))  # fmt: skip
     with claim_output(output, recorded, overwrite=args.overwrite):
         record = resume_record(out / "table.json", recorded)
         with progress_bar(total=len(cells), unit="cell", desc="table") as bar:
