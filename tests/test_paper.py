@@ -231,7 +231,8 @@ def test_table_command_end_to_end_with_a_stub_scorer(tiny_checkpoint, tmp_path, 
     assert len(record["cells"]) == 6 and record["settings"]["skip"] == "quad"  # tiny is CIFAR10
     settings = record["settings"]
     assert settings["reference"]["n"] == 10 and len(settings["reference"]["sha256"]) == 64
-    assert settings["weights"] == "ema" and settings["seeds"] == [0, 2]
+    assert settings["provenance"] == {"kind": "ddim", "weights": "ema", "config": "recorded"}
+    assert settings["seeds"] == [0, 2]
     assert settings["precision"].startswith(("fp32", "bf16"))  # the path is recorded
     assert record["cells"]["sigma_hat,S=2"]["sampler"]["variance"] == "large"
     assert "| σ̂ |" in (out / "table.md").read_text()

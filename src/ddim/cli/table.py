@@ -130,7 +130,8 @@ def write_outputs(record: dict, out: Path) -> None:
     write_text(out / "table.json", json.dumps(record, indent=2))
     s = record["settings"]
     header = (f"# FID table (Table 1 grid)\n\nN = {s['n']} images per cell, skip = {s['skip']} "
-              f"(S = T: all steps), {s['weights']} weights, reference {s['reference']['path']} "
+              f"(S = T: all steps), {s['provenance']['weights']} weights, reference "
+              f"{s['reference']['path']} "
               f"(n = {s['reference']['n']}), precision {s['precision']}, "
               f"device = {s['device']}.\n\n")
     write_text(out / "table.md", header + table_markdown(record))
