@@ -5,6 +5,7 @@ docs/reliability.md lists the classes and their guarantees."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -272,3 +273,50 @@ def test_a_sample_rerun_continues_its_shards_and_remakes_the_rest(tiny_checkpoin
     assert not (out / "png").exists() and not (out / "samples.npz").exists()  # not made: gone
     assert {p: p.read_bytes() for p in (out / "parts").iterdir()} == shards  # continued
     assert read_record(folder_output(out, ()))["owns"] == list(SAMPLE_NAMES)
+
+
+# --- ddim table recognises its own cells by content ---------------------------------------------
+
+
+def test_a_table_resumes_from_copied_inputs_and_refuses_another_reference(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """The record holds the weights' and the reference's SHA-256, not their paths: the same
+    files copied elsewhere and named by relative paths continue the table (no --overwrite, no
+    cell scored again); a reference of other content is refused, the cells kept."""
+    from ddim.fid import Scores
+
+    scored = []
+    monkeypatch.setattr(ddim.fid, "compute_scores", lambda images, ref, **_: (
+        scored.append(sum(map(len, images))) or Scores(1.0, None)))
+    out = tmp_path / "t"
+    first = tmp_path / "first"
+    first.mkdir()
+    ckpt = first / "model.safetensors"
+    ckpt.write_bytes(Path(tiny_checkpoint).read_bytes())
+    _reference(first / "ref.npz")
+    table = ["table", "--n", "2", "--steps", "1", "2", "--etas", "0", "--device", "cpu"]
+    code, error = run(capsys, *table, "--ckpt", ckpt, "--ref", first / "ref.npz", "--steps", "1",
+                      "-o", out)  # fmt: skip
+    assert code == 0 and scored == [2], error
+    # the same bytes elsewhere, by relative paths, one more column: only the new cell is scored
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    (copies / "c.safetensors").write_bytes(ckpt.read_bytes())
+    (copies / "r.npz").write_bytes((first / "ref.npz").read_bytes())
+    monkeypatch.chdir(copies)
+    code, error = run(capsys, *table, "--ckpt", "c.safetensors", "--ref", "r.npz", "-o", out)
+    assert code == 0 and scored == [2, 2], error
+    record = json.loads((out / "table.json").read_text())
+    assert sorted(record["cells"]) == ["eta=0.0,S=1", "eta=0.0,S=2"]
+    assert read_record(folder_output(out, ()))["command"] == "table"
+    assert record["inputs"] == {"checkpoint": "c.safetensors", "reference": "r.npz"}
+    assert "r.npz" in (out / "table.md").read_text()
+    # a reference of other content (its n differs): refused naming it, nothing changed
+    before = {p: (out / p).read_bytes() for p in files(out)}
+    other = _reference(copies / "other.npz")
+    other_stats = ddim.fid.load_stats(other)
+    ddim.fid.save_stats(dataclasses.replace(other_stats, n=11), other)
+    code, error = run(capsys, *table, "--ckpt", "c.safetensors", "--ref", "other.npz", "-o", out)
+    assert code == 2 and "reference.sha256 was" in error and scored == [2, 2]
+    assert {p: (out / p).read_bytes() for p in files(out)} == before

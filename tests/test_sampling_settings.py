@@ -96,7 +96,8 @@ def _fake_fid(monkeypatch):
     stats = ddim.fid.FidStats(np.zeros(4), np.eye(4), 10, ddim.fid.network_sha256(),
                               ddim.fid.CONVENTION, "fake")  # fmt: skip
     ddim.fid.save_stats(stats, "ref.npz")
-    monkeypatch.setattr(ddim.fid, "compute_fid", lambda images, *a, **k: float(len(list(images))))
+    monkeypatch.setattr(ddim.fid, "compute_scores",
+                        lambda images, *a, **k: ddim.fid.Scores(len(list(images)), None))
 
 
 @pytest.mark.parametrize("command, per_s", [
@@ -107,7 +108,7 @@ def _fake_fid(monkeypatch):
     (["interpolate", "--seeds", "1", "2", "--num", "3", "--steps", "3", "-o", "s.png"], [3]),
     (["trajectory", "--steps", "2", "3", "-o", "t.png"], [2, 3]),
     (["table", "--ref", "ref.npz", "--n", "2", "--steps", "2", "3", "--etas", "0.3", "1",
-      "--sigma-hat", "-o", "out"], [2, 3]),
+      "--sigma-hat", "--dpmpp-2m", "-o", "out"], [2, 3]),
 ])  # fmt: skip
 def test_tau_is_computed_once_per_s_and_eta_checked_once(
     command, per_s, counted, tiny_checkpoint, tmp_path, monkeypatch

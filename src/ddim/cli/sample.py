@@ -89,9 +89,18 @@ def _generate(args, model, settings, rank: int, world: int) -> tuple[int, float]
         made = generate_to_shards(
             model.eps_model, sampler, range(args.seed, args.seed + args.n), settings.shape,
             args.out, batch=settings.batch, device=model.device, rank=rank, world_size=world,
-            progress=lambda k: bar.update(k * world),
+            progress=lambda made, found: _count(bar, made * world, found * world),
         )  # fmt: skip
     return made, time.perf_counter() - start
+
+
+def _count(bar, made: int, found: int) -> None:
+    """Count a batch on the bar: the images made in this run, and those an earlier run made (in
+    the count, not in the rate or the ETA)."""
+    if found:
+        bar.skip(found)
+    if made:
+        bar.update(made)
 
 
 def _write_outputs(args, model, settings, world, made: int, seconds: float) -> None:
