@@ -109,7 +109,7 @@ def run(args) -> int:
     skip = args.skip or default_skip(config)
     rows = table_rows(args.etas or [], args.sigma_hat, args.dpmpp_2m)
     cells = table_cells(config.diffusion.betas(), args.steps, rows, skip)
-    ref_stats, score = _scorer(args, model, [cell.sampler for cell in cells])
+    ref_stats, score = _scorer(args, model)
     out = Path(args.out)
     recorded = table_settings(args, model, ref_stats, skip)
     output = folder_output(out, OWNED, command="table", reused=("table.json",))
@@ -126,24 +126,23 @@ def run(args) -> int:
     return 0
 
 
-def _scorer(args, model, samplers):
+def _scorer(args, model):
     """(the reference stats, checked against the model's images; a cell's scorer: its images
-    generated in memory, scored by FID and KID against them)."""
+    generated in memory, in batches of --batch, scored by FID and KID against them)."""
     from ddim.fid import check_resolution, compute_scores, load_stats
     from ddim.sampling.runners import iterate_images
-    from ddim.sampling.settings import SamplingSettings, batch_size, image_shape
+    from ddim.sampling.settings import batch_size, image_shape
 
     config = model.config
-    settings = SamplingSettings(tuple(samplers), batch_size(config, args.batch),
-                                image_shape(config))  # fmt: skip
+    batch, shape = batch_size(config, args.batch), image_shape(config)
     ref_stats = load_stats(args.ref)
     check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     seeds = list(range(args.seed, args.seed + args.n))
 
     def score(sampler):
-        images = iterate_images(model.eps_model, sampler, seeds, settings.shape,
-                                batch=settings.batch, device=model.device)  # fmt: skip
-        return compute_scores(images, ref_stats, device=model.device, batch_size=settings.batch,
+        images = iterate_images(model.eps_model, sampler, seeds, shape, batch=batch,
+                                device=model.device)  # fmt: skip
+        return compute_scores(images, ref_stats, device=model.device, batch_size=batch,
                               total=args.n)  # fmt: skip
 
     return ref_stats, score
