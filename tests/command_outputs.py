@@ -56,6 +56,8 @@ RUNS: dict[str, list[list[str]]] = {
     "sample-ddpm-noclip": [["sample", *FP32, "--sampler", "ddpm", "--variance", "large",
                             "--clip-x0", "off", "--skip", "quad", "--steps", "5", "--n", "2",
                             "-o", "sample-ddpm-noclip"]],
+    "sample-dpmpp-2m-logsnr": [["sample", *FP32, "--sampler", "dpmpp-2m", "--skip", "logsnr",
+                                "--steps", "4", "--n", "3", "-o", "sample-dpmpp-2m-logsnr"]],
     "sample-grow": [["sample", *FP32, "--n", "2", "--batch", "3", "-o", "sample-grow"],
                     ["sample", *FP32, "--n", "5", "--batch", "3", "-o", "sample-grow"]],
     "encode": [["encode", *FP32, "--images", "data.npz", "--n", "5", "--steps", "2", "--batch",
@@ -71,7 +73,7 @@ RUNS: dict[str, list[list[str]]] = {
     "trajectory": [["trajectory", *FP32, "--seed", "1", "--steps", "2", "4", "--show", "3",
                     "-o", "trajectory/traj.png"]],
     "table": [["table", *FP32, "--ref", "ref.npz", "--n", "3", "--batch", "2", "--steps", "1",
-               "2", "--etas", "0", "1", "--sigma-hat", "-o", "table"]],
+               "2", "--etas", "0", "1", "--sigma-hat", "--dpmpp-2m", "-o", "table"]],
     "oracle": [["oracle", "--steps", "2", "5", "--etas", "0", "1", "--n", "50", "--dim", "4",
                 "-o", "oracle/oracle.md"]],
 }
@@ -92,15 +94,17 @@ def write_inputs(folder: Path) -> None:
     save_stats(stats, folder / "ref.npz")
 
 
-def _stub_fid(cells: list[str]):
-    """A `compute_fid` that digests the images it is given and returns their mean as the FID."""
+def _stub_scores(cells: list[str]):
+    """A `compute_scores` that digests the images it is given and returns their mean as the FID
+    (and no KID: the reference keeps no features)."""
+    from ddim.fid import Scores
 
-    def compute_fid(images, ref, **_):
+    def compute_scores(images, ref, **_):
         batches = torch.cat(list(images))
         cells.append(hashlib.sha256(batches.numpy().tobytes()).hexdigest())
-        return float(batches.double().mean())
+        return Scores(float(batches.double().mean()), None)
 
-    return compute_fid
+    return compute_scores
 
 
 def run_commands(folder: Path) -> dict[str, str]:
@@ -109,8 +113,8 @@ def run_commands(folder: Path) -> dict[str, str]:
     from ddim.cli import main
 
     cells: list[str] = []
-    real_fid = ddim.fid.compute_fid
-    ddim.fid.compute_fid = _stub_fid(cells)
+    real_scores = ddim.fid.compute_scores
+    ddim.fid.compute_scores = _stub_scores(cells)
     try:
         for argvs in RUNS.values():
             for argv in argvs:
@@ -119,14 +123,13 @@ def run_commands(folder: Path) -> dict[str, str]:
                 if code != 0:
                     raise RuntimeError(f"ddim {' '.join(argv)} exited with {code}")
     finally:
-        ddim.fid.compute_fid = real_fid
+        ddim.fid.compute_scores = real_scores
     return {f"table/cell-{k}-images": digest for k, digest in enumerate(cells)}
 
 
 def api_outputs() -> dict[str, str]:
     """The README's Python API on the tiny checkpoint: each result tensor digested."""
     import ddim
-    from ddim.diffusion.samplers import sample_dpmpp_2m
 
     net, config = ddim.load_model("tiny.safetensors")
     eps_model = lambda x, t: net(x, t)  # noqa: E731
@@ -143,7 +146,7 @@ def api_outputs() -> dict[str, str]:
         "encode": ddim.encode(eps_model, x_0, betas, steps=5),
         "reconstruct": ddim.reconstruct(eps_model, x_0, betas, steps=3, skip="trailing"),
         "interpolate": ddim.interpolate(eps_model, x_0[0], x_0[1], betas, steps=3, num=4),
-        "sample_dpmpp_2m": sample_dpmpp_2m(eps_model, x_T, betas, steps=6, skip="logsnr"),
+        "sample_dpmpp_2m": ddim.sample_dpmpp_2m(eps_model, x_T, betas, steps=6, skip="logsnr"),
         "timesteps": torch.tensor(ddim.timesteps(1000, 100, "quad")),
     }
     return {f"api/{name}": _tensor_digest(value) for name, value in results.items()}

@@ -51,7 +51,8 @@ def test_model_ema_chooses_the_weights_that_sample(tiny_checkpoint, tmp_path):
         (load_sampling_model(tiny_checkpoint, precision="fp32", raw=True), raw_net, False),
         (load_sampling_model(without, precision="fp32"), raw_net, False),
     ]:  # fmt: skip
-        assert chosen.ema == ema and chosen.settings()["weights"] == ("ema" if ema else "raw")
+        label = "ema" if ema else "raw"
+        assert chosen.weights == chosen.settings()["provenance"]["weights"] == label
         torch.testing.assert_close(chosen.eps_model(x, t), expected(x, t))
 
 

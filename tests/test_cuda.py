@@ -22,7 +22,6 @@ import json
 
 import pytest
 import torch
-from ddim.generate import SamplerSpec, iterate_images
 
 import ddim.diffusion.samplers as samplers
 from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model
@@ -33,6 +32,7 @@ from ddim.diffusion.samplers import generators_from_seeds, sample, sample_ddpm
 from ddim.diffusion.schedule import alpha_bars
 from ddim.network.precision import Precision, eps_model_for, named_precision
 from ddim.network.unet import UNet
+from ddim.sampling import build_sampler, iterate_images
 from ddim.training import init_training, train
 
 FP32_ATOL = 1e-3
@@ -138,11 +138,11 @@ def test_images_per_seed_agree_at_two_batch_sizes_on_cuda(exact_fp32, bundled, p
     net, config = bundled
     cuda = torch.device("cuda")
     eps_model = eps_model_for(copy.deepcopy(net).to(cuda), named_precision(precision, cuda))
-    spec = SamplerSpec(steps=10, skip="quad", eta=1.0)  # x_T and every step's noise per seed
+    # x_T and every step's noise per seed
+    sampler = build_sampler(config.diffusion.betas(), 10, "quad", "ddim", eta=1.0)
 
     def images(batch):
-        batches = iterate_images(eps_model, config.diffusion.betas(), spec, range(6), SHAPE,
-                                 batch=batch, device=cuda)  # fmt: skip
+        batches = iterate_images(eps_model, sampler, range(6), SHAPE, batch=batch, device=cuda)
         return torch.cat(list(batches))
 
     diff = (images(6).int() - images(2).int()).abs().float()

@@ -51,9 +51,16 @@ def test_run_demo_end_to_end_writes_a_report_with_existing_images(tmp_path, smal
     for sampler in ("DDIM, η = 0", "DDIM, η = 1", "DDPM, σ̂"):  # one row per sampler and S
         for S in small_demo.sampler_steps:
             assert f"| {sampler} | {S} |" in markdown
+    for S in small_demo.sampler_steps:  # 2M at every S below the full chain
+        assert (f"| DPM-Solver++(2M) | {S} |" in markdown) == (S < 1000)
     assert "pixel FD" in markdown and "(13.36)" not in markdown  # S = 10 is not in the grid
     results = json.loads((report.parent / "results.json").read_text())
-    assert len(results["cells"]) == 3 * len(small_demo.sampler_steps)
+    assert len(results["cells"]) == 4 * len(small_demo.sampler_steps) - 1
+    two = [c for c in results["cells"] if c["sampler"] == "DPM-Solver++(2M)"]
+    ddim = [c for c in results["cells"] if c["sampler"] == "DDIM, η = 0"]
+    assert [c["network_calls"] for c in two] == [c["network_calls"] for c in ddim[:-1]]
+    assert "DPM-Solver++(2M) beats DDIM" in markdown or "DPM-Solver++(2M) does not beat" \
+        in markdown
     assert [r["steps"] for r in results["reconstruction"]["rows"]] == list(
         small_demo.reconstruction_steps)
     distances = results["consistency"]["mean_abs_difference_to_last"]

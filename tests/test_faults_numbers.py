@@ -236,6 +236,83 @@ def test_eta_out_of_range_on_the_command_line_is_one_line(tiny_checkpoint, tmp_p
     assert not (tmp_path / "s" / "parts").exists()
 
 
+# --- a sampler's output that is not finite is an error naming its cause -------------------------
+
+
+def nan_at(t_bad: int):
+    """An ε-model that returns 0, except NaN at timestep `t_bad` (a network that diverged there)."""
+    return lambda x, t: torch.where(t.view(-1, 1, 1, 1) == t_bad, torch.nan, 0.0) + 0 * x
+
+
+@pytest.mark.parametrize("name, option", [("ddim", {"eta": 0.0}), ("ddim", {"eta": 1.0}),
+                                          ("ddpm", {"variance": "large"}), ("dpmpp-2m", {})])
+def test_a_nan_from_the_network_names_the_step_that_made_it(name, option):
+    from ddim.sampling import build_sampler, sample_seeds
+
+    sampler = build_sampler(make_betas(), 4, "uniform", name, **option)
+    assert sampler.timesteps == (0, 250, 500, 750)
+    with pytest.raises(DdimError) as error:
+        sample_seeds(nan_at(500), sampler, [0, 1], (3, 2, 2), "cpu")
+    message = str(error.value)
+    assert f"the {name} sampler's output holds NaN or infinity from step 2 of 4: the network's " \
+        "output at t=500," in message and "check the weights" in message
+    assert sample_seeds(nan_at(501), sampler, [0], (3, 2, 2), "cpu").isfinite().all()
+
+
+def test_an_update_that_overflows_and_a_bad_start_are_named_apart():
+    from ddim.sampling import build_sampler
+    from ddim.sampling.finite import non_finite_cause
+
+    sampler = build_sampler(make_betas(), 4, "uniform", "ddim", eta=0.5)
+    overflow = [True, True, True, True, False, False, False, False, False]
+    message = non_finite_cause(overflow, sampler.plan, "ddim")
+    assert "from step 2 of 4 (t=500 to 250): the update overflowed" in message
+    assert "check eta (sigma=" in message
+    start = torch.full((1, 3, 2, 2), torch.inf)
+    with pytest.raises(DdimError, match="given a start x that holds NaN or infinity"):
+        sampler.run(lambda x, t: torch.zeros_like(x), start)
+
+
+def test_encoding_into_nan_is_named_too():
+    from ddim.sampling import build_sampler, encode_images
+
+    sampler = build_sampler(make_betas(), 4, "uniform", "ddim", eta=0.0)
+    images = torch.zeros((2, 3, 2, 2), dtype=torch.uint8)
+    with pytest.raises(DdimError, match=r"the ddim encoding sampler's output .* from step 4 of 4: "
+                                        r"the network's output at t=750,"):  # fmt: skip
+        encode_images(nan_at(750), sampler, images, batch=2, device="cpu")
+
+
+def test_a_nan_batch_on_the_command_line_is_one_line_and_keeps_the_shards_before_it(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """The network turns NaN in the second batch only: the first batch's shard stays, no shard
+    of NaN (black) images is written, and the error is one line naming the step."""
+    import ddim.sampling.model
+
+    real, batches = ddim.sampling.model.eps_model_for, []
+
+    def diverging(net, precision):
+        eps_model = real(net, precision)
+
+        def eps(x, t):
+            if int(t[0]) == 666:  # the first of τ = (0, 333, 666): a new batch
+                batches.append(len(x))
+            return eps_model(x, t) * (torch.nan if len(batches) == 2 else 1.0)
+
+        return eps
+
+    monkeypatch.setattr(ddim.sampling.model, "eps_model_for", diverging)
+    out = tmp_path / "s"
+    code = ddim.cli.main(["sample", "--ckpt", str(tiny_checkpoint), "--n", "4", "--batch", "2",
+                          "--steps", "3", "--skip", "uniform", "--device", "cpu", "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("ddim sample: error: the ddim sampler's output holds")
+    assert "from step 1 of 3: the network's output at t=666," in err[-1]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["part-0000000.npz"]
+    assert not (out / "samples.npz").exists() and not (out / "sample.json").exists()
+
+
 # --- a dataset is read one split at a time ------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ docs/reliability.md lists the classes and their guarantees."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -123,23 +124,35 @@ def _sample(ckpt, out, *extra):
             "-o", out, *extra]
 
 
-@pytest.mark.parametrize(("first", "second", "images"), [
-    (["--n", "4"], ["--n", "8", "--no-npz"], "samples.npz"),  # an npz of the first run
-    (["--n", "6", "--png", "--no-npz"], ["--n", "3", "--png", "--no-npz"], "png"),  # 3 extra PNGs
+@pytest.mark.parametrize(("first", "second", "scored", "refused"), [
+    (["--n", "4"], ["--n", "8", "--no-npz"], None, "without samples.npz or png/"),  # npz gone
+    (["--n", "6", "--png", "--no-npz"], ["--n", "3", "--png", "--no-npz"], [3], None),  # 3 PNGs
 ])  # fmt: skip
-def test_fid_calc_scores_the_recorded_n_or_refuses(first, second, images, tiny_checkpoint,
-                                                   tmp_path, capsys, monkeypatch):
+def test_fid_calc_scores_only_what_the_last_run_made(first, second, scored, refused,
+                                                     tiny_checkpoint, tmp_path, capsys,
+                                                     monkeypatch):  # fmt: skip
+    """A rerun deletes what it does not make (`ddim sample` continues its shards only), so
+    `fid calc` finds no images of an earlier run beside the new record."""
     out, ref = tmp_path / "s", _reference(tmp_path / "ref.npz")
     assert run(capsys, *_sample(tiny_checkpoint, out, *first))[0] == 0
     assert run(capsys, *_sample(tiny_checkpoint, out, *second))[0] == 0
-    n = json.loads((out / "sample.json").read_text())["n"]
     seen = _fake_inception(monkeypatch)
     code, error = run(capsys, "fid", "calc", out, "--ref", ref, "--device", "cpu")
-    if code == 0:  # the stale files are gone: exactly the recorded images are scored
-        assert seen == [n]
-    else:
-        assert code == 2 and f"records {n}: they were left by an earlier run" in error
-        assert f"{out / images} holds" in error and seen == []
+    assert (code, seen) == ((0, scored) if scored else (2, []))
+    assert refused is None or refused in error
+
+
+def test_fid_calc_refuses_images_beside_a_record_of_another_n(tiny_checkpoint, tmp_path, capsys,
+                                                              monkeypatch):  # fmt: skip
+    """The reader's check, for a folder whose stale file came from elsewhere (by hand, or an
+    older version that kept it)."""
+    out, ref = tmp_path / "s", _reference(tmp_path / "ref.npz")
+    assert run(capsys, *_sample(tiny_checkpoint, out, "--n", "8", "--no-npz"))[0] == 0
+    np.savez(out / "samples.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    seen = _fake_inception(monkeypatch)
+    code, error = run(capsys, "fid", "calc", out, "--ref", ref, "--device", "cpu")
+    assert code == 2 and "records 8: they were left by an earlier run" in error and seen == []
+    assert f"{out / 'samples.npz'} holds 4 images" in error
 
 
 def test_fid_calc_refuses_a_sample_folder_whose_run_did_not_finish(tmp_path, capsys,
@@ -213,3 +226,97 @@ def test_the_command_line_refuses_another_commands_folder(tiny_checkpoint, tmp_p
     code, error = run(capsys, "fid", "calc", images, "--ref", _reference(tmp_path / "r.npz"),
                       "--json", table, "--device", "cpu")
     assert code == 2 and "t.md holds the output of `ddim oracle`" in error
+
+
+# --- every sampling command names itself, and what a rerun continues ----------------------------
+
+SAMPLING_OUTPUTS = {  # command -> (its arguments, its output: a folder, or a file with a record)
+    "sample": (["--n", "2", "--steps", "1", "--png"], "s", True),
+    "reconstruct": (["--images", "data.npz", "--n", "2", "--steps", "1"], "r", True),
+    "encode": (["--images", "data.npz", "--n", "2", "--steps", "1"], "l.npz", False),
+    "interpolate": (["--seeds", "1", "2", "--num", "2", "--steps", "1"], "i.png", False),
+    "trajectory": (["--steps", "1", "--show", "1"], "t.png", False),
+}
+
+
+def _output(name: str, is_folder: bool):
+    return folder_output(name, ()) if is_folder else file_output(name)
+
+
+def test_every_sampling_command_names_itself_in_its_record(tiny_checkpoint, tmp_path, capsys,
+                                                           monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    np.savez("data.npz", arr_0=np.zeros((3, 8, 8, 3), np.uint8))
+    for command, (argv, out, is_folder) in SAMPLING_OUTPUTS.items():
+        code, error = run(capsys, command, "--ckpt", tiny_checkpoint, "--device", "cpu", *argv,
+                          "-o", out)  # fmt: skip
+        assert code == 0, error
+        assert read_record(_output(out, is_folder))["command"] == command
+    # another command into one of them is refused, naming the one whose output it is
+    for command, into, owner in [("reconstruct", "s", "sample"), ("sample", "r", "reconstruct"),
+                                 ("trajectory", "i.png", "interpolate"),
+                                 ("interpolate", "t.png", "trajectory")]:  # fmt: skip
+        before = files(tmp_path)
+        argv = SAMPLING_OUTPUTS[command][0]
+        code, error = run(capsys, command, "--ckpt", tiny_checkpoint, "--device", "cpu", *argv,
+                          "-o", into)  # fmt: skip
+        assert code == 2 and f"holds the output of `ddim {owner}`" in error, error
+        assert files(tmp_path) == before
+
+
+def test_a_sample_rerun_continues_its_shards_and_remakes_the_rest(tiny_checkpoint, tmp_path,
+                                                                  capsys):  # fmt: skip
+    out = tmp_path / "s"
+    assert run(capsys, *_sample(tiny_checkpoint, out, "--n", "3", "--png"))[0] == 0
+    shards = {p: p.read_bytes() for p in (out / "parts").iterdir()}
+    assert run(capsys, *_sample(tiny_checkpoint, out, "--n", "3", "--no-npz"))[0] == 0
+    assert not (out / "png").exists() and not (out / "samples.npz").exists()  # not made: gone
+    assert {p: p.read_bytes() for p in (out / "parts").iterdir()} == shards  # continued
+    assert read_record(folder_output(out, ()))["owns"] == list(SAMPLE_NAMES)
+
+
+# --- ddim table recognises its own cells by content ---------------------------------------------
+
+
+def test_a_table_resumes_from_copied_inputs_and_refuses_another_reference(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """The record holds the weights' and the reference's SHA-256, not their paths: the same
+    files copied elsewhere and named by relative paths continue the table (no --overwrite, no
+    cell scored again); a reference of other content is refused, the cells kept."""
+    from ddim.fid import Scores
+
+    scored = []
+    monkeypatch.setattr(ddim.fid, "compute_scores", lambda images, ref, **_: (
+        scored.append(sum(map(len, images))) or Scores(1.0, None)))
+    out = tmp_path / "t"
+    first = tmp_path / "first"
+    first.mkdir()
+    ckpt = first / "model.safetensors"
+    ckpt.write_bytes(Path(tiny_checkpoint).read_bytes())
+    _reference(first / "ref.npz")
+    table = ["table", "--n", "2", "--steps", "1", "2", "--etas", "0", "--device", "cpu"]
+    code, error = run(capsys, *table, "--ckpt", ckpt, "--ref", first / "ref.npz", "--steps", "1",
+                      "-o", out)  # fmt: skip
+    assert code == 0 and scored == [2], error
+    # the same bytes elsewhere, by relative paths, one more column: only the new cell is scored
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    (copies / "c.safetensors").write_bytes(ckpt.read_bytes())
+    (copies / "r.npz").write_bytes((first / "ref.npz").read_bytes())
+    monkeypatch.chdir(copies)
+    code, error = run(capsys, *table, "--ckpt", "c.safetensors", "--ref", "r.npz", "-o", out)
+    assert code == 0 and scored == [2, 2], error
+    record = json.loads((out / "table.json").read_text())
+    assert sorted(record["cells"]) == ["eta=0.0,S=1", "eta=0.0,S=2"]
+    assert read_record(folder_output(out, ()))["command"] == "table"
+    assert record["inputs"] == {"checkpoint": "c.safetensors", "reference": "r.npz"}
+    assert "r.npz" in (out / "table.md").read_text()
+    # a reference of other content (its n differs): refused naming it, nothing changed
+    before = {p: (out / p).read_bytes() for p in files(out)}
+    other = _reference(copies / "other.npz")
+    other_stats = ddim.fid.load_stats(other)
+    ddim.fid.save_stats(dataclasses.replace(other_stats, n=11), other)
+    code, error = run(capsys, *table, "--ckpt", "c.safetensors", "--ref", "other.npz", "-o", out)
+    assert code == 2 and "reference.sha256 was" in error and scored == [2, 2]
+    assert {p: (out / p).read_bytes() for p in files(out)} == before

@@ -91,6 +91,78 @@ def test_disabled_bars_skip_quietly():
     bar.close()
 
 
+# --- resumed commands count the earlier run's work apart -----------------------------------------
+
+
+def clocked_bars(monkeypatch, module, clock) -> list:
+    """Make `module.progress_bar` give bars on `clock`; return the list they are put in."""
+    bars = []
+
+    def clocked(*args, **kwargs):
+        bar = progress_bar(*args, **kwargs)
+        bar._time = clock
+        bar.start_t = bar.last_print_t = clock()
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(module, "progress_bar", clocked)
+    return bars
+
+
+def test_a_resumed_sample_run_rates_only_the_images_it_makes(tiny_checkpoint, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    """4 images made by a first run, then --n 10 at 1 s per batch of 2 on the clock: 2 img/s,
+    not the 10/3 that counting the 4 found images as made would show."""
+    import ddim.cli.sample
+    import ddim.sampling.model
+
+    clock = Clock()
+    real = ddim.sampling.model.eps_model_for
+
+    def timed(net, precision):
+        eps_model = real(net, precision)
+        return lambda x, t: (setattr(clock, "now", clock.now + 1), eps_model(x, t))[1]
+
+    monkeypatch.setattr(ddim.sampling.model, "eps_model_for", timed)
+    bars = clocked_bars(monkeypatch, ddim.cli.sample, clock)
+    argv = ["sample", "--ckpt", str(tiny_checkpoint), "--steps", "1", "--batch", "2",
+            "--device", "cpu", "-o", str(tmp_path / "s")]
+    assert ddim.cli.main([*argv, "--n", "4"]) == 0 and ddim.cli.main([*argv, "--n", "10"]) == 0
+    first, resumed = bars
+    assert (first.n, first.initial) == (4, 0) and (resumed.n, resumed.initial) == (10, 4)
+    rate, eta = rate_and_eta(resumed)
+    assert rate == pytest.approx(2.0) and eta == 0
+
+
+def test_a_resumed_table_rates_only_the_cells_it_scores(tiny_checkpoint, tmp_path, monkeypatch):
+    """One column scored by a first run, then three columns at 10 s per cell on the clock:
+    0.1 cells/s, the found cell in the count only."""
+    import numpy as np
+
+    import ddim.cli.table
+    import ddim.fid
+
+    clock = Clock()
+
+    def scores(images, ref, **_):
+        list(images)
+        clock.now += 10
+        return ddim.fid.Scores(1.0, None)
+
+    monkeypatch.setattr(ddim.fid, "compute_scores", scores)
+    stats = ddim.fid.FidStats(np.zeros(2), np.eye(2), 10, ddim.fid.network_sha256(),
+                              ddim.fid.CONVENTION, "made by hand", 8)  # fmt: skip
+    ref = ddim.fid.save_stats(stats, tmp_path / "ref.npz")
+    bars = clocked_bars(monkeypatch, ddim.cli.table, clock)
+    argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "2", "--etas",
+            "0", "--device", "cpu", "-o", str(tmp_path / "t"), "--steps", "1"]  # fmt: skip
+    with pytest.warns(UserWarning, match="KID unavailable"):
+        assert ddim.cli.main(argv) == 0 and ddim.cli.main([*argv, "2", "3"]) == 0
+    resumed = bars[-1]
+    assert (resumed.n, resumed.initial, resumed.total) == (3, 1, 3)
+    assert rate_and_eta(resumed)[0] == pytest.approx(0.1)
+
+
 # --- the error line is the last line, after the bars ---------------------------------------------
 
 

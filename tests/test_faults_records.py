@@ -91,16 +91,33 @@ def test_a_config_that_agrees_is_accepted_and_the_recorded_one_kept(tiny_checkpo
     assert load_checkpoint(tiny_checkpoint, config=other).config == recorded
 
 
-def test_sample_with_a_conflicting_config_is_refused_before_any_image(
-    tiny_checkpoint, recorded, tmp_path, capsys
-):
+CONFIG_COMMANDS = {  # every command that samples a checkpoint: its arguments at tiny size
+    "sample": ["--n", "1", "--steps", "1", "-o", "out"],
+    "encode": ["--images", "data.npz", "--steps", "1", "-o", "l.npz"],
+    "reconstruct": ["--images", "data.npz", "--n", "1", "--steps", "1", "-o", "out"],
+    "interpolate": ["--seeds", "1", "2", "--num", "2", "--steps", "1", "-o", "i.png"],
+    "trajectory": ["--steps", "1", "--show", "1", "-o", "t.png"],
+    "table": ["--ref", "data.npz", "--n", "2", "--steps", "1", "--etas", "0", "-o", "out"],
+}
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_a_conflicting_config_is_one_line_before_any_output(command, tiny_checkpoint, recorded,
+                                                            tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.npz").write_bytes(b"not read: the checkpoint is refused first")
     yml = tmp_path / "c16.yml"
     yml.write_text(dump_config(apply_overrides(
         recorded, ["data.image_size=16", "model.attn_resolutions=[8]"])))
-    code, error = run(capsys, "sample", "--ckpt", tiny_checkpoint, "--config", yml, "--n", "1",
-                      "--steps", "1", "--device", "cpu", "-o", tmp_path / "s")
-    assert code == 2 and "data.image_size is 8 there, 16 given" in error
-    assert not (tmp_path / "s").exists()
+    capsys.readouterr()
+    code = ddim.cli.main([command, "--ckpt", str(tiny_checkpoint), "--config", str(yml),
+                          "--device", "cpu", *CONFIG_COMMANDS[command]])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"ddim {command}: error: ") and "tiny.safetensors" in lines[0]
+    assert "records its config, and the config given differs" in lines[0]
+    assert "data.image_size is 8 there, 16 given" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c16.yml", "data.npz"]  # nothing made
 
 
 def test_convert_with_a_conflicting_config_writes_nothing(tiny_checkpoint, recorded, tmp_path,
@@ -269,3 +286,56 @@ def test_schedulers_we_implement_load_as_diffusers_writes_them(tiny_checkpoint, 
         config = load_checkpoint(folder).config
         assert config.diffusion == load_config("tiny").diffusion
     assert config.sampling.skip == "trailing"
+
+
+# --- records say what ran, not what a flag asked ------------------------------------------------
+
+
+def test_records_say_which_weights_ran_and_where_the_config_came_from(
+    tiny_checkpoint, recorded, tmp_path, capsys
+):
+    torch.save(load_checkpoint(tiny_checkpoint).model_state, tmp_path / "plain.ckpt")
+    yml = tmp_path / "tiny.yml"
+    yml.write_text(dump_config(recorded))
+    cases = [  # (checkpoint and flags, the provenance its outputs record)
+        ([tiny_checkpoint], {"kind": "ddim", "weights": "ema", "config": "recorded"}),
+        ([tiny_checkpoint, "--raw"], {"kind": "ddim", "weights": "raw", "config": "recorded"}),
+        ([tmp_path / "plain.ckpt", "--config", yml],
+         {"kind": "state_dict", "weights": "unlabelled", "config": "given"}),
+    ]  # fmt: skip
+    for k, (flags, expected) in enumerate(cases):
+        out = tmp_path / f"s{k}"
+        code, error = run(capsys, "sample", "--ckpt", *flags, "--n", "1", "--steps", "1",
+                          "--device", "cpu", "-o", out)  # fmt: skip
+        assert code == 0, error
+        assert json.loads((out / "sample.json").read_text())["provenance"] == expected
+        assert json.loads((out / "settings.json").read_text())["settings"]["provenance"] \
+            == expected
+        traj = tmp_path / f"t{k}.png"
+        assert run(capsys, "trajectory", "--ckpt", *flags, "--steps", "1", "--show", "1",
+                   "--device", "cpu", "-o", traj)[0] == 0  # fmt: skip
+        assert json.loads(traj.with_suffix(".json").read_text())["provenance"] == expected
+    code, error = run(capsys, "sample", "--ckpt", tmp_path / "plain.ckpt", "--config", yml,
+                      "--raw", "--n", "1", "--device", "cpu", "-o", tmp_path / "refused")
+    assert code == 2 and "not labelled raw or EMA" in error
+    assert not (tmp_path / "refused").exists()
+
+
+def test_an_inferred_network_is_in_the_record_and_a_copy_is_the_same_model(tmp_path, capsys):
+    """The note names the file, so the settings a rerun compares leave it out: a renamed copy
+    of the same bare weights resumes the same folder."""
+    net = UNet.from_config(load_config("tiny").model, 16)
+    safetensors.torch.save_file(net.state_dict(), tmp_path / "bare.safetensors")
+    (tmp_path / "copy.safetensors").write_bytes((tmp_path / "bare.safetensors").read_bytes())
+    out = tmp_path / "s"
+    for name, n in (("bare", "1"), ("copy", "2")):
+        with pytest.warns(UserWarning, match="records no config"):
+            code, error = run(capsys, "sample", "--ckpt", tmp_path / f"{name}.safetensors",
+                              "--n", n, "--steps", "1", "--device", "cpu", "-o", out)
+        assert code == 0, error
+    record = json.loads((out / "sample.json").read_text())
+    assert record["provenance"]["config"] == "inferred" and record["images_made_this_run"] == 1
+    assert record["provenance"]["inferred"].startswith("copy.safetensors records no config")
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["provenance"] == {"kind": "state_dict", "weights": "unlabelled",
+                                      "config": "inferred"}

@@ -75,37 +75,68 @@ def test_slerp_path_ends_are_the_latents():
 
 
 def test_table_cells_resume_and_render(tmp_path):
+    from ddim.fid import Kid, Scores
+
     betas = make_betas("linear", 1000)
-    cells = ex.table_cells(betas, [2, 1000], [0.0, 1.0], True, "quad")
-    assert [c.key for c in cells[:3]] == ["eta=0.0,S=2", "eta=1.0,S=2", "sigma_hat,S=2"]
-    last = cells[-1].sampler
+    rows = ex.table_rows([0.0, 1.0], sigma_hat=True, dpmpp_2m=True)
+    cells = ex.table_cells(betas, [2, 1000], rows, "quad")
+    assert [c.key for c in cells[:4]] == ["eta=0.0,S=2", "eta=1.0,S=2", "sigma_hat,S=2",
+                                          "dpmpp_2m,S=2"]  # fmt: skip
+    last = cells[-2].sampler
     assert last.skip == "uniform" and last.option == ("variance", "large")  # S = T: all steps
     assert cells[0].sampler.timesteps is cells[2].sampler.timesteps  # τ once per column
+    assert cells[0].sampler.timesteps is cells[3].sampler.timesteps  # 2M walks DDIM's τ
     assert cells[2].sampler_record() == {"steps": 2, "skip": "quad", "eta": 0.0, "kind": "ddpm",
                                          "variance": "large", "clip_x0": None}
+    assert cells[3].sampler_record()["kind"] == "dpmpp-2m" and cells[3].sampler.option is None
     calls = []
 
     def score(sampler):
         calls.append((sampler.name, sampler.steps))
-        return 10.0 * sampler.steps + dict([sampler.option]).get("eta", 0.0)
+        fid = 10.0 * sampler.steps + dict([sampler.option] if sampler.option else []).get("eta", 0)
+        kid = Kid(0.00125, 0.0005, 3, 100) if sampler.name == "dpmpp-2m" else None
+        return Scores(fid, kid)
 
     saved = []
     record = ex.run_table(cells, score, {"settings": {"n": 4}}, saved.append)
-    assert len(calls) == 6 and len(saved) == 6
+    assert len(calls) == 8 and len(saved) == 8
     assert record["cells"]["eta=1.0,S=2"]["fid"] == 21.0
+    assert record["cells"]["eta=1.0,S=2"]["kid"] is None
+    assert record["cells"]["dpmpp_2m,S=2"]["kid"] == {"mean": 0.00125, "std": 0.0005,
+                                                      "subset_size": 3, "n_subsets": 100}
     assert record["cells"]["sigma_hat,S=1000"]["network_calls_per_image"] == 1000
     (tmp_path / "table.json").write_text(json.dumps(record))
     again = ex.resume_record(tmp_path / "table.json", {"n": 4})
-    ex.run_table(cells, score, again, saved.append)
-    assert len(calls) == 6  # nothing recomputed
+    found = []
+    ex.run_table(cells, score, again, saved.append, progress=lambda key, done: found.append(done))
+    assert len(calls) == 8 and found == [True] * 8  # nothing recomputed, all found done
     assert ex.resume_record(tmp_path / "table.json", {"n": 8})["cells"] == {}
     md = ex.table_markdown(record)
     assert "| η = 0.0 | 20.00 | 10000.00 (4.04) |" in md
     assert "| σ̂ | 20.00 | 10000.00 (3.17) |" in md
+    assert "| DPM-Solver++(2M) | 20.00 · 1.25 ± 0.50 | 10000.00 · 1.25 ± 0.50 |" in md
+    assert md.index("| σ̂ |") < md.index("| DPM-Solver++(2M) |")
+    assert "KID × 10³ (Bińkowski et al. 2018): mean ± std over 100 subsets of 3 features" in md
+    assert ex.table_series(record)["DPM-Solver++(2M)"] == [(2.0, 20.0), (1000.0, 10000.0)]
+    assert ex.table_series(record, ex.cell_kid) == {"DPM-Solver++(2M)": [(2.0, 1.25),
+                                                                         (1000.0, 1.25)]}
     save_plot(Panel(ex.table_series(record), title="FID"), tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size == (640, 420)
     save_plot([Panel(ex.table_series(record))] * 2, tmp_path / "two.png")
     assert Image.open(tmp_path / "two.png").size == (1280, 420)
+
+
+def test_a_table_without_kid_says_why(tmp_path):
+    from ddim.fid import Scores
+
+    cells = ex.table_cells(make_betas("linear", 1000), [2], ex.table_rows([0.0]), "uniform")
+    record = {"settings": {}, "kid_unavailable": "ref.npz holds no Inception features (made "
+              "before KID), so no KID; rebuild it with `ddim fid ref DATA -o ref.npz`"}
+    record = ex.run_table(cells, lambda sampler: Scores(5.0, None), record, lambda r: None)
+    md = ex.table_markdown(record)
+    assert "| η = 0.0 | 5.00 |" in md
+    assert "KID unavailable: ref.npz holds no Inception features" in md
+    assert "rebuild it with `ddim fid ref DATA -o ref.npz`" in md
 
 
 def test_plot_uses_a_log_x_axis():
@@ -210,37 +241,83 @@ def fake_reference(path):
     return save_stats(stats, path)
 
 
-def test_table_command_end_to_end_with_a_stub_scorer(tiny_checkpoint, tmp_path, monkeypatch):
-    import ddim.fid
+def fake_features(batches) -> np.ndarray:
+    """Four features of each uint8 image, standing in for Inception's 2048 (no network run)."""
+    x = torch.cat(list(batches)).double() / 255
+    return torch.stack([x.mean((1, 2, 3)), x[:, 0].mean((1, 2)), x[:, 1].std((1, 2)),
+                        x[:, 2].amax((1, 2))], 1).numpy()  # fmt: skip
 
-    scored = []
 
-    def stub_fid(images, ref, *, device, batch_size, total, **_):
-        batches = list(images)  # the generated uint8 batches, as Inception would read them
-        assert all(b.dtype == torch.uint8 and b.shape[1:] == (3, 8, 8) for b in batches)
-        scored.append(sum(len(b) for b in batches))
-        return float(torch.cat(batches).double().mean())
+def test_table_command_scores_fid_and_kid_of_every_row(tiny_checkpoint, tmp_path, monkeypatch):
+    """The real scoring (`compute_scores`) on features of a stand-in network: each cell's FID
+    and KID are those of its images' features against the reference's, computed directly."""
+    import ddim.fid as fid
 
-    monkeypatch.setattr(ddim.fid, "compute_fid", stub_fid)
-    out, ref = tmp_path / "table", fake_reference(tmp_path / "ref.npz")
-    argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "3",
-            "--batch", "2", "--steps", "1", "2", "--etas", "0", "1", "--sigma-hat", "-o", str(out)]
+    seen = []
+
+    def features(images, **_):
+        seen.append(fake_features(images))
+        return seen[-1]
+
+    monkeypatch.setattr(fid, "inception_features", features)
+    ref_features = np.random.default_rng(0).normal(0.5, 0.1, (10, 4))
+    ref = fid.save_stats(fid.stats_from_features(ref_features, source="fake", resolution=8),
+                         tmp_path / "ref.npz")  # fmt: skip
+    out = tmp_path / "table"
+    argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "3", "--batch",
+            "2", "--steps", "1", "2", "--etas", "0", "1", "--sigma-hat", "--dpmpp-2m", "-o",
+            str(out)]  # fmt: skip
     assert main(argv) == 0
-    assert scored == [3] * 6
+    assert len(seen) == 8 and all(f.shape == (3, 4) for f in seen)
     record = json.loads((out / "table.json").read_text())
-    assert len(record["cells"]) == 6 and record["settings"]["skip"] == "quad"  # tiny is CIFAR10
+    stats = fid.load_stats(ref)
+    for cell, f in zip(record["cells"].values(), seen, strict=True):  # in the order scored
+        assert cell["fid"] == fid.frechet_distance(*fid.statistics(f), stats.mu, stats.sigma)
+        assert cell["kid"] == fid.kernel_inception_distance(f, stats.features)._asdict()
+        assert cell["kid"]["subset_size"] == 3  # min(1000, N, reference features)
+    two = record["cells"]["dpmpp_2m,S=2"]
+    assert two["sampler"]["kind"] == "dpmpp-2m"
+    assert two["timesteps"] == record["cells"]["eta=0.0,S=2"]["timesteps"]
     settings = record["settings"]
+    assert len(record["cells"]) == 8 and settings["skip"] == "quad"  # tiny is CIFAR10
     assert settings["reference"]["n"] == 10 and len(settings["reference"]["sha256"]) == 64
-    assert settings["weights"] == "ema" and settings["seeds"] == [0, 2]
+    assert settings["provenance"] == {"kind": "ddim", "weights": "ema", "config": "recorded"}
+    assert settings["seeds"] == [0, 2] and record["kid_unavailable"] is None
     assert settings["precision"].startswith(("fp32", "bf16"))  # the path is recorded
     assert record["cells"]["sigma_hat,S=2"]["sampler"]["variance"] == "large"
-    assert "| σ̂ |" in (out / "table.md").read_text()
-    assert Image.open(out / "fid_vs_steps.png").size == (640, 420)
-    assert main(argv) == 0 and scored == [3] * 6  # resumed: nothing recomputed
+    table = (out / "table.md").read_text()
+    kid = record["cells"]["dpmpp_2m,S=1"]["kid"]
+    assert f"| DPM-Solver++(2M) | {record['cells']['dpmpp_2m,S=1']['fid']:.2f} · " \
+           f"{kid['mean'] * 1e3:.2f} ± {kid['std'] * 1e3:.2f} |" in table
+    assert "| σ̂ |" in table and "mean ± std over 100 subsets of 3 features per set" in table
+    assert Image.open(out / "fid_vs_steps.png").size == (1280, 420)  # FID and KID panels
+    assert main(argv) == 0 and len(seen) == 8  # resumed: nothing recomputed
     before = (out / "table.json").read_text()
     assert main([*argv[:-2], "--raw", "-o", str(out)]) == 2  # other weights: refused, kept
-    assert (out / "table.json").read_text() == before and len(scored) == 6
-    assert main([*argv[:-2], "--raw", "-o", str(out), "--overwrite"]) == 0 and len(scored) == 12
+    assert (out / "table.json").read_text() == before and len(seen) == 8
+    assert main([*argv[:-2], "--raw", "-o", str(out), "--overwrite"]) == 0 and len(seen) == 16
+
+
+def test_a_table_against_a_reference_without_features_says_how_to_rebuild_it(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    import ddim.fid as fid
+
+    monkeypatch.setattr(fid, "inception_features", lambda images, **_: fake_features(images))
+    ref = fake_reference(tmp_path / "ref.npz")  # mu and sigma only, as files made before KID
+    out = tmp_path / "table"
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="KID unavailable, FID only: .*ref.npz holds no "
+                                         "Inception features"):  # fmt: skip
+        assert main(["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "3",
+                     "--steps", "1", "--etas", "0", "-o", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "table.json").read_text())
+    assert record["cells"]["eta=0.0,S=1"]["kid"] is None and np.isfinite(
+        record["cells"]["eta=0.0,S=1"]["fid"])
+    assert f"rebuild it with `ddim fid ref DATA -o {ref}`" in record["kid_unavailable"]
+    table = (out / "table.md").read_text()
+    assert "KID unavailable: " in table and "rebuild it with `ddim fid ref" in table
+    assert Image.open(out / "fid_vs_steps.png").size == (640, 420)  # FID only
 
 
 @pytest.mark.slow

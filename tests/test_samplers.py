@@ -40,14 +40,36 @@ def hand_affine_ddim(seq, mean, std):
     return A, B
 
 
-@pytest.mark.parametrize("skip, S", [("uniform", 10), ("quad", 20), ("trailing", 7)])
+@pytest.mark.parametrize("skip, S", [("uniform", 10), ("quad", 20), ("trailing", 7),
+                                     ("logsnr", 12)])
 def test_deterministic_ddim_is_the_hand_computed_affine_map(skip, S):
     mean, std, oracle = oracle_setup()
     x_T = torch.randn(32, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     out = samplers.sample(oracle, x_T, BETAS, steps=S, skip=skip, eta=0.0)
-    A, B = hand_affine_ddim(timesteps(1000, S, skip), mean, std)
+    seq = timesteps(1000, S, skip, betas=BETAS)
+    A, B = hand_affine_ddim(seq, mean, std)
     torch.testing.assert_close(out, A * x_T + B, rtol=1e-10, atol=1e-10)
-    assert oracle.calls == len(timesteps(1000, S, skip))
+    assert oracle.calls == len(seq)
+
+
+def test_every_public_sampler_walks_the_logsnr_grid_of_its_schedule():
+    """`skip="logsnr"` reads the schedule: each API function walks τ of the betas it is given."""
+    betas = make_betas("linear", 1000, 1e-4, 0.03)  # not the default schedule: its own λ grid
+    seq = timesteps(1000, 8, "logsnr", betas=betas)
+    assert seq != timesteps(1000, 8, "logsnr", betas=BETAS)
+    seen = []
+    model = lambda x, t: (seen.append(int(t[0])), torch.zeros_like(x))[1]  # noqa: E731
+    x = torch.randn(2, 4, dtype=torch.float64)
+    for run, order in [
+        (lambda: samplers.sample(model, x, betas, steps=8, skip="logsnr"), seq[::-1]),
+        (lambda: samplers.sample_ddpm(model, x, betas, steps=8, skip="logsnr"), seq[::-1]),
+        (lambda: samplers.sample_dpmpp_2m(model, x, betas, steps=8, skip="logsnr"), seq[::-1]),
+        (lambda: samplers.encode(model, x, betas, steps=8, skip="logsnr"), seq),
+        (lambda: samplers.reconstruct(model, x, betas, steps=8, skip="logsnr"), seq + seq[::-1]),
+    ]:  # fmt: skip
+        seen.clear()
+        run()
+        assert seen == order
 
 
 def hand_moments(seq, mean, std, eta):

@@ -96,7 +96,8 @@ def _fake_fid(monkeypatch):
     stats = ddim.fid.FidStats(np.zeros(4), np.eye(4), 10, ddim.fid.network_sha256(),
                               ddim.fid.CONVENTION, "fake")  # fmt: skip
     ddim.fid.save_stats(stats, "ref.npz")
-    monkeypatch.setattr(ddim.fid, "compute_fid", lambda images, *a, **k: float(len(list(images))))
+    monkeypatch.setattr(ddim.fid, "compute_scores",
+                        lambda images, *a, **k: ddim.fid.Scores(len(list(images)), None))
 
 
 @pytest.mark.parametrize("command, per_s", [
@@ -107,7 +108,7 @@ def _fake_fid(monkeypatch):
     (["interpolate", "--seeds", "1", "2", "--num", "3", "--steps", "3", "-o", "s.png"], [3]),
     (["trajectory", "--steps", "2", "3", "-o", "t.png"], [2, 3]),
     (["table", "--ref", "ref.npz", "--n", "2", "--steps", "2", "3", "--etas", "0.3", "1",
-      "--sigma-hat", "-o", "out"], [2, 3]),
+      "--sigma-hat", "--dpmpp-2m", "-o", "out"], [2, 3]),
 ])  # fmt: skip
 def test_tau_is_computed_once_per_s_and_eta_checked_once(
     command, per_s, counted, tiny_checkpoint, tmp_path, monkeypatch
@@ -144,24 +145,29 @@ def test_a_new_solver_is_one_step_function_and_one_entry(tiny_checkpoint, tmp_pa
                  "-o", str(tmp_path / "c")]) == 2  # fmt: skip
 
 
-def test_dpmpp_2m_from_the_command_line_is_the_api_solver(tiny_checkpoint, tmp_path):
-    from ddim.checkpoint import load_model
-    from ddim.diffusion.samplers import sample_dpmpp_2m
+@pytest.mark.parametrize("sampler, api", [("dpmpp-2m", "sample_dpmpp_2m"), ("ddim", "sample")])
+def test_logsnr_from_the_command_line_is_the_api_sampler(sampler, api, tiny_checkpoint, tmp_path):
+    """`ddim sample --skip logsnr` (DDIM or 2M) makes the images of `ddim.sample(…, skip="logsnr")`
+    / `ddim.sample_dpmpp_2m`, over the τ of the checkpoint's schedule."""
+    import ddim
     from ddim.sampling.seeds import seed_latents
 
     argv = ["sample", "--ckpt", str(tiny_checkpoint), "--n", "3", "--steps", "5", "--skip",
-            "logsnr", "--sampler", "dpmpp-2m", "--precision", "fp32", "-o", str(tmp_path)]
+            "logsnr", "--sampler", sampler, "--precision", "fp32", "-o", str(tmp_path)]
     assert main(argv) == 0
-    net, config = load_model(tiny_checkpoint)
+    net, config = ddim.load_model(tiny_checkpoint)
+    betas = config.diffusion.betas()
     with torch.no_grad():
-        x_0 = sample_dpmpp_2m(lambda x, t: net(x, t), seed_latents(range(3), (3, 8, 8), "cpu"),
-                              config.diffusion.betas(), steps=5, skip="logsnr")  # fmt: skip
+        x_0 = getattr(ddim, api)(lambda x, t: net(x, t), seed_latents(range(3), (3, 8, 8), "cpu"),
+                                 betas, steps=5, skip="logsnr")  # fmt: skip
     expected = to_uint8(x_0).permute(0, 2, 3, 1).numpy()
     images = np.load(tmp_path / "samples.npz")["arr_0"]
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # channels-last rounding
     record = json.loads((tmp_path / "sample.json").read_text())
-    assert record["sampler"] == {"steps": 5, "skip": "logsnr", "kind": "dpmpp-2m",
+    option = {"eta": 0.0} if sampler == "ddim" else {}
+    assert record["sampler"] == {"steps": 5, "skip": "logsnr", **option, "kind": sampler,
                                  "clip_x0": None}  # fmt: skip
+    assert record["timesteps"] == schedule.timesteps(len(betas), 5, "logsnr", betas=betas)
 
 
 def test_walk_hands_each_step_the_one_before():

@@ -16,6 +16,7 @@ from ddim.diffusion.samplers import (
     reconstruct,
     sample,
     sample_ddpm,
+    sample_dpmpp_2m,
     slerp,
 )
 from ddim.diffusion.schedule import alpha_bars, make_betas, timesteps
@@ -46,6 +47,7 @@ __all__ = [
     "reconstruct",
     "sample",
     "sample_ddpm",
+    "sample_dpmpp_2m",
     "simple_loss",
     "slerp",
     "timesteps",

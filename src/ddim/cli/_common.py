@@ -88,15 +88,16 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
                         help="replace an existing output made with other settings")
 
 
-def picture_output(path: str):
-    """(Output, record path) for a PNG written with a JSON record beside it (NAME.json)."""
+def picture_output(path: str, command: str):
+    """(Output of `command`, record path) for a PNG written with a JSON record beside it
+    (NAME.json)."""
     from ddim.files import file_output
 
     path = Path(path)
     record = path.with_suffix(".json")
     if record == path:
         raise DdimError(f"-o {str(path)!r}: give a .png name (the record goes to NAME.json)")
-    return file_output(path, beside=(record.name,)), record
+    return file_output(path, beside=(record.name,), command=command), record
 
 
 def data_overrides(data: str | None, subdir: str | None) -> list[str]:

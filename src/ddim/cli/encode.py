@@ -49,7 +49,7 @@ def run(args) -> int:
     chosen = select_images(args.images, subdir=args.subdir, n=args.n, resolution=settings.shape[1])
     recorded = {**model.settings(), "images": chosen.dataset, "n": len(chosen.images),
                 "selection": SELECTION, "steps": sampler.steps, "skip": sampler.skip}
-    with claim_output(file_output(args.out), recorded, overwrite=args.overwrite):
+    with claim_output(file_output(args.out, command="encode"), recorded, overwrite=args.overwrite):
         with progress_bar(total=len(chosen.images), unit="img",
                           desc=f"encoding S={sampler.network_calls}") as bar:  # fmt: skip
             latents = encode_images(model.eps_model, sampler, chosen.images, batch=settings.batch,

@@ -106,7 +106,7 @@ def run(args) -> int:
         check_seeds(seed, 1, "--seeds")
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
-    output, record_path = picture_output(args.out)
+    output, record_path = picture_output(args.out, "interpolate")
     model = model_from_flags(args)
     settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
     sampler, shape = settings.sampler, settings.shape

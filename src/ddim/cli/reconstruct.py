@@ -53,7 +53,8 @@ def run(args) -> int:
     images = chosen.images
     recorded = {**model.settings(), "images": chosen.dataset, "n": len(images),
                 "selection": SELECTION, "steps": steps, "skip": skip, "show": args.show}
-    output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"))
+    output = folder_output(args.out, ("reconstruct.md", "reconstruct.png", "reconstruct.json"),
+                           command="reconstruct", reused=())  # fmt: skip
     with claim_output(output, recorded, overwrite=args.overwrite):
         with progress_bar(total=len(images) * len(steps), unit="img", desc="reconstructing") as bar:
             rows, recs = reconstruction_study(

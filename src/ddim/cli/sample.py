@@ -29,7 +29,8 @@ EXAMPLE = (
 )
 
 
-# What `ddim sample` owns in its output folder (see ddim.files.outputs).
+# What `ddim sample` owns in its output folder (see ddim.files.outputs); a rerun continues its
+# shards and makes the rest again.
 OWNED = ("parts", "grid.png", "samples.npz", "png", "sample.json")
 
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     check_image_memory(args.n, settings.shape, "--n")
     recorded = {**model.settings(), "sampler": settings.sampler.record(), "seed": args.seed,
                 "image_shape": list(settings.shape)}  # fmt: skip
-    out = folder_output(args.out, OWNED)
+    out = folder_output(args.out, OWNED, command="sample", reused=("parts",))
     with claim_output(out, recorded, overwrite=args.overwrite, active=rank == 0):
         if world > 1:
             torch.distributed.barrier()  # rank 0 has checked the folder before anyone writes
@@ -88,9 +89,18 @@ def _generate(args, model, settings, rank: int, world: int) -> tuple[int, float]
         made = generate_to_shards(
             model.eps_model, sampler, range(args.seed, args.seed + args.n), settings.shape,
             args.out, batch=settings.batch, device=model.device, rank=rank, world_size=world,
-            progress=lambda k: bar.update(k * world),
+            progress=lambda made, found: _count(bar, made * world, found * world),
         )  # fmt: skip
     return made, time.perf_counter() - start
+
+
+def _count(bar, made: int, found: int) -> None:
+    """Count a batch on the bar: the images made in this run, and those an earlier run made (in
+    the count, not in the rate or the ETA)."""
+    if found:
+        bar.skip(found)
+    if made:
+        bar.update(made)
 
 
 def _write_outputs(args, model, settings, world, made: int, seconds: float) -> None:

@@ -45,7 +45,7 @@ def run(args) -> int:
 
     check_seeds(args.seed, 1)
     check_count(args.show, "--show")
-    output, record_path = picture_output(args.out)
+    output, record_path = picture_output(args.out, "trajectory")
     model = model_from_flags(args)
     settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
     steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip

@@ -317,6 +317,11 @@ def dpmpp_2m_step(
 # --- public samplers ---------------------------------------------------------------------------
 
 
+def _tau(betas: torch.Tensor, steps: int | Sequence[int], skip: str) -> list[int]:
+    """τ of the public samplers: `ddim.timesteps` over this schedule (which `logsnr` reads)."""
+    return timesteps(len(betas), steps, skip, betas=betas)
+
+
 def sample(
     eps_model: EpsModel,
     x_T: torch.Tensor,
@@ -331,12 +336,12 @@ def sample(
 ) -> torch.Tensor:
     """Generalized DDIM sampling (eq. 12, σ from eq. 16) from x_T down to x_0 over τ.
 
-    `steps` is S or an explicit timestep list; `skip` is "uniform", "quad" or "trailing" (see
-    `ddim.timesteps`). η = 0 is deterministic DDIM, η = 1 matches DDPM's posterior. x_0 clipping is
-    off by default (clipping makes DDIM non-invertible). The network is called len(τ) times.
+    `steps` is S or an explicit timestep list; `skip` is "uniform", "quad", "trailing" or
+    "logsnr" (see `ddim.timesteps`). η = 0 is deterministic DDIM, η = 1 matches DDPM's
+    posterior. x_0 clipping is off by default (clipping makes DDIM non-invertible). The network
+    is called len(τ) times.
     """
-    seq = timesteps(len(betas), steps, skip)
-    plan = ddim_plan(betas, seq, eta)
+    plan = ddim_plan(betas, _tau(betas, steps, skip), eta)
     return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
 
 
@@ -357,8 +362,7 @@ def sample_ddpm(
     variance "small" is the posterior β̃, "large" is β (the DDIM paper's σ̂). x_0 is clipped to
     [−1, 1] by default, as in the official `ddpm_noisy` path.
     """
-    seq = timesteps(len(betas), len(betas) if steps is None else steps, skip)
-    plan = ddpm_plan(betas, seq, variance)
+    plan = ddpm_plan(betas, _tau(betas, len(betas) if steps is None else steps, skip), variance)
     return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
 
 
@@ -380,7 +384,7 @@ def sample_dpmpp_2m(
     prediction yet) and the last (into clean data, h = ∞) are DDIM's η = 0 steps. Deterministic;
     x_0 clipping is off by default, as for DDIM.
     """
-    plan = ddim_plan(betas, timesteps(len(betas), steps, skip, betas=betas), eta=0.0)
+    plan = ddim_plan(betas, _tau(betas, steps, skip), eta=0.0)
     return _run(walk(eps_model, x_T, plan, clip_x0=clip_x0, update=dpmpp_2m_step), x_T, callback)
 
 
@@ -394,7 +398,7 @@ def encode(
     callback: Callable[[Step], None] | None = None,
 ) -> torch.Tensor:
     """Encode x_0 → x_T by running the deterministic DDIM ODE upward (eqs. 13/14)."""
-    plan = encode_plan(betas, timesteps(len(betas), steps, skip))
+    plan = encode_plan(betas, _tau(betas, steps, skip))
     return _run(walk(eps_model, x_0, plan), x_0, callback)
 
 

@@ -139,7 +139,7 @@ def bench_sampling(
         net.load_state_dict(weights)
     net = net.to(device).eval()
     betas = config.diffusion.betas()
-    calls = len(timesteps(len(betas), steps, skip))
+    calls = len(timesteps(len(betas), steps, skip, betas=betas))
     flops = forward_flops(net, config, device) * calls
     shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)

@@ -4,8 +4,9 @@ shapes (uint8, `ddim.data.shapes`, no download) → `train` (the tiny config, 8 
 → checkpoint → on its own model, what the DDIM paper shows:
 
 - quality and time against S for DDIM (η = 0), η = 1 and DDPM with σ̂, S from 5 to 1000
-  (Table 1's shape), scored by pixel FD, precision/recall and the share of saturated images
-  (`ddim.experiments.pixel_metrics`), beside the paper's CIFAR-10 FIDs;
+  (Table 1's shape), and DPM-Solver++(2M) at the same S (beyond the paper), scored by pixel FD,
+  precision/recall and the share of saturated images (`ddim.experiments.pixel_metrics`), beside
+  the paper's CIFAR-10 FIDs;
 - consistency: the same x_T decoded at S = 10 … 1000 gives the same image (Fig. 5);
 - interpolation between latents by slerp (Fig. 6, App. D.5);
 - reconstruction error of encode → decode against S (Table 2's shape), beside the paper's row;
@@ -194,7 +195,7 @@ class _Evaluation:
 
     def _sampler(self, row: SamplerRow, S: int) -> Sampler:
         """The row's sampler over S uniform steps."""
-        return build_sampler(self.betas, S, "uniform", row.sampler, **dict([row.option]))
+        return build_sampler(self.betas, S, "uniform", row.sampler, **row.options)
 
     def _sample(self, sampler: Sampler, seeds: list[int]) -> tuple[torch.Tensor, float]:
         """uint8 images for `seeds` and the seconds they took."""
@@ -214,15 +215,14 @@ class _Evaluation:
 
     def quality_table(self) -> list[Cell]:
         """Every (sampler, S) cell: metrics, time, calls, grid (Table 1's shape)."""
-        s = self.settings
+        planned = [(row, S) for row in SAMPLERS for S in row.steps(self.settings.sampler_steps)]
         cells = []
-        with progress_bar(total=len(SAMPLERS) * len(s.sampler_steps), unit="cell", desc="samplers",
-                  disable=not self.progress) as bar:  # fmt: skip
-            for row in SAMPLERS:
-                for S in s.sampler_steps:
-                    cells.append(self._cell(row, S))
-                    bar.set_postfix_str(f"{row.tag} S={S}")
-                    bar.update(1)
+        with progress_bar(total=len(planned), unit="cell", desc="samplers",
+                          disable=not self.progress) as bar:  # fmt: skip
+            for row, S in planned:
+                cells.append(self._cell(row, S))
+                bar.set_postfix_str(f"{row.tag} S={S}")
+                bar.update(1)
         return cells
 
     def _cell(self, row: SamplerRow, S: int) -> Cell:

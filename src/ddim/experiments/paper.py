@@ -1,5 +1,6 @@
 """The paper's experiments as library functions: reconstruction error against S (Table 2) and the
-FID grid of η and S (Table 1), with the paper's numbers beside ours.
+FID grid of η and S (Table 1), with the paper's numbers beside ours, KID beside FID, and rows the
+paper does not have (DPM-Solver++(2M)).
 
 Images come in and go out as uint8 (N, C, H, W). The samplers are built once by the command
 (`ddim.sampling.settings`) and applied by the runners of `ddim.sampling.runners`; nothing here
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -94,6 +96,43 @@ def reconstruction_markdown(rows: Sequence[dict], n: int) -> str:
 # --- the FID grid (Table 1) --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TableRow:
+    """A row of Table 1: its key in table.json, its sampler (a name of `SAMPLERS` and that
+    sampler's option), and its name in table.md and in the plot (ASCII: PIL's font)."""
+
+    key: str
+    sampler: str
+    option: tuple[tuple[str, Any], ...]
+    label: str
+    plot_name: str
+
+
+# The rows beside the η rows, in the order tables show them: the paper's σ̂ (DDPM with β), and
+# DPM-Solver++(2M), the second-order solver on the same timesteps (beyond the paper).
+SIGMA_HAT = TableRow("sigma_hat", "ddpm", (("variance", "large"),), "σ̂", "sigma-hat (DDPM, beta)")
+DPMPP_2M = TableRow("dpmpp_2m", "dpmpp-2m", (), "DPM-Solver++(2M)", "DPM-Solver++(2M)")
+OTHER_ROWS = {row.key: row for row in (SIGMA_HAT, DPMPP_2M)}
+
+
+def eta_row(eta: float) -> TableRow:
+    """The DDIM(η) row: eq. 12 with σ(η) of eq. 16."""
+    eta = float(eta)
+    return TableRow(f"eta={eta:.1f}", "ddim", (("eta", eta),), f"η = {eta:.1f}", f"eta={eta:.1f}")
+
+
+def table_rows(etas: Sequence[float], sigma_hat: bool = False, dpmpp_2m: bool = False
+               ) -> list[TableRow]:  # fmt: skip
+    """The rows asked for: one per η, then σ̂ and 2M if asked."""
+    return [*map(eta_row, etas), *([SIGMA_HAT] if sigma_hat else []),
+            *([DPMPP_2M] if dpmpp_2m else [])]  # fmt: skip
+
+
+def row_of(key: str) -> TableRow:
+    """The row a table.json key names."""
+    return OTHER_ROWS.get(key) or eta_row(float(key.split("=")[1]))
+
+
 # A cell's sampler as table.json records it: every field, those its sampler does not take at
 # these values (a stored cell is reused only when its record is equal).
 CELL_SAMPLER_FIELDS = {"eta": 0.0, "variance": "small"}
@@ -101,7 +140,7 @@ CELL_SAMPLER_FIELDS = {"eta": 0.0, "variance": "small"}
 
 @dataclass(frozen=True)
 class TableCell:
-    """One cell of Table 1: its row ("eta=0.5", or "sigma_hat" for DDPM with β) and its sampler."""
+    """One cell of Table 1: its row ("eta=0.5", "sigma_hat", "dpmpp_2m") and its sampler."""
 
     row: str
     sampler: Sampler
@@ -120,11 +159,10 @@ class TableCell:
 
 
 def table_cells(
-    betas: torch.Tensor, steps_list: Sequence[int], etas: Sequence[float], sigma_hat: bool,
-    skip: str,
-) -> list[TableCell]:  # fmt: skip
-    """The Table 1 cells: DDIM(η) for each η and S, plus DDPM σ̂ rows if asked; τ is computed once
-    per S and shared by its column.
+    betas: torch.Tensor, steps_list: Sequence[int], rows: Sequence[TableRow], skip: str
+) -> list[TableCell]:
+    """The Table 1 cells: each row's sampler at each S; τ is computed once per S and shared by
+    its column.
 
     S = T walks all T steps (uniform), whatever `skip`: the paper's S = 1000 column is the full
     chain, which `quad` would not give (its grid stops at 0.8·T).
@@ -133,28 +171,34 @@ def table_cells(
     for S in steps_list:
         cell_skip = "uniform" if S == len(betas) else skip
         tau = tuple(timesteps(len(betas), S, cell_skip, betas=betas))
-        for eta in etas:
-            sampler = build_sampler(betas, S, cell_skip, "ddim", eta=float(eta), tau=tau)
-            cells.append(TableCell(f"eta={float(eta):.1f}", sampler))
-        if sigma_hat:
-            sampler = build_sampler(betas, S, cell_skip, "ddpm", variance="large", tau=tau)
-            cells.append(TableCell("sigma_hat", sampler))
+        for row in rows:
+            sampler = build_sampler(betas, S, cell_skip, row.sampler, tau=tau, **dict(row.option))
+            cells.append(TableCell(row.key, sampler))
     return cells
+
+
+class Scores(Protocol):
+    """What a table's scorer returns (`ddim.fid.Scores`): FID, and KID or None."""
+
+    fid: float
+    kid: Any
 
 
 def run_table(
     cells: Sequence[TableCell],
-    score: Callable[[Sampler], float],
+    score: Callable[[Sampler], Scores],
     record: dict,
     save: Callable[[dict], None],
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, bool], None] | None = None,
 ) -> dict:
     """Score each cell not already in `record` with the same settings; save after every cell.
 
-    `progress(key)` is called once per cell, after it is scored or found already done.
-    `record` is {"settings": {...}, "cells": {key: {...}}}; a stored cell is reused only when the
-    run-wide settings are equal and its sampler is the same.
+    `progress(key, found)` is called once per cell, after it is scored (found False) or found
+    done by an earlier run (found True). `record` is {"settings": {...}, "cells": {key: {...}}};
+    a stored cell is reused only when the run-wide settings are equal and its sampler is the
+    same. A cell records FID and KID (mean, std, subset size, subsets; None without reference
+    features).
     """
     done = record.setdefault("cells", {})
     for cell in cells:
@@ -162,19 +206,20 @@ def run_table(
         old = done.get(key)
         if old is not None and old.get("sampler") == sampler:
             if progress is not None:
-                progress(key)
+                progress(key, True)
             continue
         start = time.perf_counter()
-        fid = float(score(cell.sampler))
+        scores = score(cell.sampler)
         done[key] = {
-            "row": cell.row, "steps": cell.sampler.steps, "fid": fid,
+            "row": cell.row, "steps": cell.sampler.steps, "fid": float(scores.fid),
+            "kid": None if scores.kid is None else dict(scores.kid._asdict()),
             "seconds": time.perf_counter() - start, "sampler": sampler,
             "network_calls_per_image": cell.sampler.network_calls,
             "timesteps": list(cell.sampler.timesteps),
         }  # fmt: skip
         save(record)
         if progress is not None:
-            progress(key)
+            progress(key, False)
     return record
 
 
@@ -190,30 +235,45 @@ def resume_record(path: Path, settings: dict) -> dict:
     return {"settings": settings, "cells": {}}
 
 
-def _rows_in_order(cells: dict) -> list[str]:
-    """Row labels of the cells: η rows by η, then σ̂."""
-    rows = {c["row"] for c in cells.values()}
-    etas = sorted((r for r in rows if r != "sigma_hat"), key=lambda r: float(r.split("=")[1]))
-    return etas + (["sigma_hat"] if "sigma_hat" in rows else [])
+def _rows_in_order(cells: dict) -> list[TableRow]:
+    """The rows of the cells: η rows by η, then σ̂ and 2M."""
+    keys = {c["row"] for c in cells.values()}
+    etas = sorted((row_of(k) for k in keys if k not in OTHER_ROWS), key=lambda r: r.option)
+    return etas + [row for key, row in OTHER_ROWS.items() if key in keys]
 
 
 def table_markdown(record: dict, paper: dict | None = PAPER_TABLE1_CIFAR10) -> str:
-    """Markdown FID table (rows η and σ̂, columns S) with the paper's number beside each cell."""
+    """Markdown table (rows η, σ̂, 2M; columns S): in each cell FID with the paper's number
+    beside it, and KID × 10³ (mean ± std over subsets) where the reference keeps features."""
     cells = record["cells"]
     steps = sorted({c["steps"] for c in cells.values()})
     head = "| | " + " | ".join(f"S = {S}" for S in steps) + " |"
     lines = [head, "| --- |" + " ---: |" * len(steps)]
     for row in _rows_in_order(cells):
-        entries = []
-        for S in steps:
-            cell = cells.get(f"{row},S={S}")
-            ours = "–" if cell is None else f"{cell['fid']:.2f}"
-            theirs = _paper_value(paper, row, S)
-            entries.append(ours if theirs is None else f"{ours} ({theirs:.2f})")
-        name = "σ̂" if row == "sigma_hat" else "η = " + row.split("=")[1]
-        lines.append(f"| {name} | " + " | ".join(entries) + " |")
-    note = "FID ours (paper, CIFAR-10 Table 1 of Song, Meng & Ermon 2021, where it has the cell)."
-    return note + "\n\n" + "\n".join(lines) + "\n"
+        entries = [_cell_text(cells.get(f"{row.key},S={S}"), _paper_value(paper, row.key, S))
+                   for S in steps]  # fmt: skip
+        lines.append(f"| {row.label} | " + " | ".join(entries) + " |")
+    note = "FID ours (paper, CIFAR-10 Table 1 of Song, Meng & Ermon 2021, where it has the cell)"
+    return f"{note}; {_kid_note(record)}\n\n" + "\n".join(lines) + "\n"
+
+
+def _cell_text(cell: dict | None, paper: float | None) -> str:
+    """'FID (paper) · KID mean ± std' of one cell (KID × 10³), '–' where it is not scored."""
+    if cell is None:
+        return "–"
+    text = f"{cell['fid']:.2f}" + ("" if paper is None else f" ({paper:.2f})")
+    kid = cell.get("kid")
+    return text if kid is None else f"{text} · {kid['mean'] * 1e3:.2f} ± {kid['std'] * 1e3:.2f}"
+
+
+def _kid_note(record: dict) -> str:
+    """What the KID beside each FID is, or why there is none (with the rebuild command)."""
+    kids = [c["kid"] for c in record["cells"].values() if c.get("kid")]
+    if kids:
+        return (f"after the dot, KID × 10³ (Bińkowski et al. 2018): mean ± std over "
+                f"{kids[0]['n_subsets']} subsets of {kids[0]['subset_size']} features per set.")
+    why = record.get("kid_unavailable")
+    return f"KID unavailable: {why}." if why else "no KID."
 
 
 def _paper_value(paper: dict | None, row: str, S: int) -> float | None:
@@ -223,11 +283,26 @@ def _paper_value(paper: dict | None, row: str, S: int) -> float | None:
     return paper[row][PAPER_STEPS.index(S)]
 
 
-def table_series(record: dict) -> dict[str, list[tuple[float, float]]]:
-    """(S, FID) points per row of a table record, ordered by S, for `report.save_plot`."""
+def cell_fid(cell: dict) -> float:
+    """A table.json cell's FID."""
+    return float(cell["fid"])
+
+
+def cell_kid(cell: dict) -> float | None:
+    """A table.json cell's KID mean × 10³, or None where it has no KID."""
+    kid = cell.get("kid")
+    return None if kid is None else float(kid["mean"]) * 1e3
+
+
+def table_series(
+    record: dict, value: Callable[[dict], float | None] = cell_fid
+) -> dict[str, list[tuple[float, float]]]:
+    """(S, value) points per row of a table record, ordered by S, for `report.save_plot`: FID,
+    or another score of the cells (`cell_kid`; cells without it are left out)."""
     series: dict[str, list[tuple[float, float]]] = {}
     for row in _rows_in_order(record["cells"]):
-        cells = [c for c in record["cells"].values() if c["row"] == row]
-        name = "sigma-hat (DDPM, beta)" if row == "sigma_hat" else row  # ASCII: PIL's font
-        series[name] = sorted((float(c["steps"]), float(c["fid"])) for c in cells)
+        cells = [c for c in record["cells"].values() if c["row"] == row.key]
+        points = sorted((float(c["steps"]), y) for c in cells if (y := value(c)) is not None)
+        if points:
+            series[row.plot_name] = points
     return series

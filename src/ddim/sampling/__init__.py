@@ -9,6 +9,7 @@
               interpolation strips, trajectory rows
     shards    the resumable shard files of a long run, split across ranks
     inputs    the dataset images an image-to-image run starts from
+    finite    a walk's end checked: NaN or infinity is an error naming the step that made it
 
 The step itself (eq. 12) and the plans are tensor math in `ddim.diffusion.samplers`.
 """

@@ -14,6 +14,7 @@ from ddim.checkpoint import (
     config_for_foreign,
     load_checkpoint,
     model_from_checkpoint,
+    provenance,
 )
 from ddim.config import Config
 from ddim.diffusion.eps_model import EpsModel
@@ -22,33 +23,34 @@ from ddim.network.precision import Precision, describe, eps_model_for, named_pre
 
 @dataclass(frozen=True)
 class SamplingModel:
-    """A checkpoint ready to sample: the ε-model, its config, where and how it runs, and which
-    weights it holds (the checkpoint as named; EMA or raw)."""
+    """A checkpoint ready to sample: the ε-model, its config, where and how it runs, and what ran
+    (the checkpoint as named; its provenance: kind, which weights, where the config came from)."""
 
     eps_model: EpsModel
     config: Config
     device: torch.device
     precision: Precision
     checkpoint: str
-    ema: bool
+    provenance: dict[str, str]
 
     def settings(self) -> dict:
-        """What decides the model's outputs, for output records: weights (by hash), EMA or raw,
-        the config, the arithmetic. Not the path (a moved file is the same model) nor the
-        device."""
+        """What decides the model's outputs, for output records: weights (by hash), which weights
+        and where the config came from (`provenance`, without the note that names the file), the
+        config, the arithmetic. Not the path (a moved file is the same model) nor the device."""
         return {
             "checkpoint_sha256": checkpoint_sha256(self.checkpoint),
-            "weights": self.weights,
+            "provenance": {k: v for k, v in self.provenance.items() if k != "inferred"},
             "precision": describe(self.precision),
             "config": self.config.to_dict(),
         }
 
     def record(self) -> dict:
-        """What identifies the model run: checkpoint and hash, EMA or raw, device, arithmetic."""
+        """What identifies the model run: checkpoint and hash, its provenance, device,
+        arithmetic."""
         return {
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": checkpoint_sha256(self.checkpoint),
-            "weights": self.weights,
+            "provenance": self.provenance,
             "device": str(self.device),
             "precision": describe(self.precision),
             "beta_schedule": self.config.diffusion.beta_schedule,
@@ -57,8 +59,8 @@ class SamplingModel:
 
     @property
     def weights(self) -> str:
-        """"ema" or "raw"."""
-        return "ema" if self.ema else "raw"
+        """Which weights run: "ema", "raw" or "unlabelled" (`Checkpoint.weights_label`)."""
+        return self.provenance["weights"]
 
 
 def load_sampling_model(
@@ -70,15 +72,16 @@ def load_sampling_model(
     precision: str = "auto",
     compile: bool = False,
 ) -> SamplingModel:
-    """The checkpoint `ckpt` (default: the bundled model) as a SamplingModel. `config` replaces
-    the one it carries (or gives one to weights that carry none); its EMA weights are used unless
-    `raw` or its config's `model.ema` is false; `precision` is a name of
-    `ddim.network.precision.named_precision`."""
+    """The checkpoint `ckpt` (default: the bundled model) as a SamplingModel. `config` is for
+    weights that carry none (a recorded config it differs from is refused); the EMA weights are
+    used unless `raw` or the config's `model.ema` is false (raw weights a file does not hold are
+    refused); `precision` is a name of `ddim.network.precision.named_precision`."""
     ckpt = str(ckpt or bundled_checkpoint())
     device = torch.device(device)
     checkpoint = load_checkpoint(ckpt, config=config)
     config = config_for_foreign(checkpoint)
-    ema = not raw and config.model.ema
-    net = model_from_checkpoint(checkpoint, use_ema=ema, device=device)
+    use_ema = not raw and config.model.ema
+    record = provenance(checkpoint, use_ema=use_ema)  # refuses raw weights the file lacks
+    net = model_from_checkpoint(checkpoint, use_ema=use_ema, device=device)
     chosen = named_precision(precision, device, compile=compile)
-    return SamplingModel(eps_model_for(net, chosen), config, device, chosen, ckpt, ema)
+    return SamplingModel(eps_model_for(net, chosen), config, device, chosen, ckpt, record)

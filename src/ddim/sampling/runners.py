@@ -18,6 +18,7 @@ from ddim.data import to_model_range, to_uint8
 from ddim.diffusion.eps_model import EpsModel
 from ddim.diffusion.samplers import generalized_step, reverse_plan, slerp_path, walk
 from ddim.errors import DdimError
+from ddim.sampling.finite import drain_checked
 from ddim.sampling.seeds import batches_of, seed_noise, slices
 from ddim.sampling.settings import Sampler
 
@@ -97,9 +98,7 @@ def encoder(eps_model: EpsModel, sampler: Sampler) -> Callable[[torch.Tensor], t
     upward = reverse_plan(sampler.plan)
 
     def encode(x_0: torch.Tensor) -> torch.Tensor:
-        for step in walk(eps_model, x_0, upward):
-            x_0 = step.x
-        return x_0
+        return drain_checked(walk(eps_model, x_0, upward), x_0, upward, "ddim encoding")
 
     return encode
 

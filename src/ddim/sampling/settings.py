@@ -38,6 +38,7 @@ from ddim.diffusion.samplers import (
 )
 from ddim.diffusion.schedule import timesteps
 from ddim.errors import DdimError
+from ddim.sampling.finite import drain_checked
 
 # The DDPM variance that the official code's `model.var_type` names: fixedlarge is β_t (the DDIM
 # paper's σ̂), fixedsmall the posterior variance β̃_t.
@@ -106,12 +107,9 @@ class Sampler:
 
     def run(self, eps_model: EpsModel, x: torch.Tensor, generator: Generator = None,
             callback: Callable[[Step], None] | None = None) -> torch.Tensor:  # fmt: skip
-        """The end of the walk from x (x_0 when x is x_T), `callback` called after every step."""
-        for step in self.walk(eps_model, x, generator):
-            x = step.x
-            if callback is not None:
-                callback(step)
-        return x
+        """The end of the walk from x (x_0 when x is x_T), `callback` called after every step; an
+        end holding NaN or infinity is a DdimError naming the step that made it."""
+        return drain_checked(self.walk(eps_model, x, generator), x, self.plan, self.name, callback)
 
 
 def build_sampler(

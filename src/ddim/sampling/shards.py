@@ -44,9 +44,11 @@ def generate_to_shards(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Make this rank's images that no shard in `folder/parts` holds; return how many it made."""
+    """Make this rank's images that no shard in `folder/parts` holds; return how many it made.
+    `progress(made, found)` is called after each batch with the images it made and those it
+    found made by an earlier run (a bar counts the second apart: `ProgressBar.skip`)."""
     parts = Path(folder) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     held = np.zeros(len(seeds), bool)
@@ -61,7 +63,7 @@ def generate_to_shards(
             _save_shard(parts / f"part-{todo[0]:07d}.npz", todo, images)
             made += len(todo)
         if progress is not None:
-            progress(len(batch_seeds))
+            progress(len(todo), len(batch_seeds) - len(todo))
     return made
 
 
