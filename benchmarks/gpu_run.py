@@ -70,7 +70,10 @@ class Sizes:
     batches: tuple[int, ...] = (256, 512, 1024)  # measured at the width of the shipped model
     batch: int = 512  # the batch widths are compared at
     measure_seconds: float = 2.0
-    measure_compile: bool = True
+    # compiling the training step did not finish inside the plan's 100 s on an H100 (torch 2.11),
+    # nor did the compiled-training test inside the test stage's: both stay off in the timed run
+    measure_compile: bool = False
+    cuda_tests: str = "not compiled_bf16_training"  # pytest -k of the cuda-tests stage
     target_images: float = 2.5e6
     max_steps: int | None = None
     steps: tuple[int, ...] = (10, 20, 50)  # Table 1's columns; the main set uses the largest
@@ -87,8 +90,10 @@ SMOKE = Sizes(minutes=10.0, bench_config="tiny", bench_batch=2, bench_steps=2, b
               decode_workers=0)  # fmt: skip
 
 # Seconds each part of a 9-minute run may take; a run of M minutes scales them by M / 9.
-ALLOWED = {"cuda-tests": 100, "bench": 90, "plan": 100, "train-startup": 15, "least-training": 30,
-           "after-training": 40, "pack": 5}  # fmt: skip
+# On an H100: the tests took 70 s before the compiled-training one, the eager measurements about
+# 35 s, and 10,000 samples at S = 50 about 40 s after a 15 s start (two sets of 2,000 add 15 s).
+ALLOWED = {"cuda-tests": 80, "bench": 90, "plan": 60, "train-startup": 15, "least-training": 30,
+           "after-training": 100, "pack": 5}  # fmt: skip
 STOP_GRACE_S = 30  # after SIGTERM (the trainer writes a checkpoint), before SIGKILL
 NPZ_HEADER_BYTES = 1024  # an .npz's zip and array headers, at most
 
@@ -368,6 +373,8 @@ def cuda_tests(run: Run) -> str:
     xml = run.records / "cuda-tests.xml"
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-o",
                "addopts=", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}"]  # fmt: skip
+    if run.sizes.cuda_tests:
+        command += ["-k", run.sizes.cuda_tests]
     result = run.child(command, "cuda-tests.log", timeout=run.allowed("cuda-tests"))
     counts = _junit_counts(xml)
     run.facts["cuda_tests"] = {**result, **counts}
@@ -556,6 +563,9 @@ def _training_outcome(run: Run, result: dict, folder: Path) -> str | None:
     if last:
         note += (f", {last['images_seen']:,} images seen, loss {last['loss']:.4f}, "
                  f"{last['images_per_s']:,.0f} img/s at the end")
+        losses = [json.loads(line)["loss"] for line in lines]
+        if max(losses) > 3 * losses[0]:  # a warm start that diverged, then recovered (or not)
+            note += f"; DIVERGED: loss {losses[0]:.4f} first, {max(losses):.4f} at its peak"
     return note
 
 
@@ -657,6 +667,7 @@ def pack(run: Run) -> str:
 
 STAGES = [("environment", environment), ("cuda-tests", cuda_tests), ("bench", bench),
           ("plan", plan), ("train", train), ("sample", sample), ("pack", pack)]  # fmt: skip
+SKIPPABLE = ("cuda-tests", "bench", "plan")  # a later window that only trains: the defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -671,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl",
                         help="folder of wheels to install for the run (default .whl)")
     parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=SKIPPABLE, metavar="STAGE",
+                        help=f"stages to leave out, their time going to training: "
+                             f"{', '.join(SKIPPABLE)}")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else GPU
     if args.minutes is not None:
@@ -687,10 +701,13 @@ def main(argv: list[str] | None = None) -> int:
             f"out {run.out}, work {run.work}")
     _on_signals(run)
     for name, fn in STAGES:
+        if name in args.skip:
+            run.stages.append({"stage": name, "status": "skipped", "seconds": 0, "note": "--skip"})
+            continue
         run.stage(name, lambda fn=fn: fn(run))
     run.say(summary(run))
     run.publish()
-    return 0 if all(r["status"] == "ok" for r in run.stages) else 1
+    return 0 if all(r["status"] in ("ok", "skipped") for r in run.stages) else 1
 
 
 def _on_signals(run: Run) -> None:

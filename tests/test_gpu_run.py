@@ -204,3 +204,43 @@ def _env():
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def test_a_run_can_skip_the_measuring_stages_and_train_with_the_defaults(tmp_path):
+    """A later GPU window that only trains: the skipped stages are recorded as such, the run
+    still exits 0, and training uses the shipped width and the config's batch."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    data = jpeg_archive(tmp_path / "train.tar.xz")
+    command = ["bash", str(BENCHMARKS / "gpu_run.sh"), str(out), "--smoke", "--data", str(data),
+               "--wheels", str(tmp_path / "no-wheels"), "--work", str(work),
+               "--skip", "cuda-tests", "bench", "plan"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**_env(), "PYTHON":
+                                                                          sys.executable})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    stages = {s["stage"]: s["status"] for s in
+              json.loads((work / "records" / "stages.json").read_text())}  # fmt: skip
+    assert stages == {"environment": "ok", "cuda-tests": "skipped", "bench": "skipped",
+                      "plan": "skipped", "train": "ok", "sample": "ok", "pack": "ok"}
+    assert "s: ch 64, batch 2, eager" in result.stdout  # "training for N s: ..." (the defaults)
+    bad = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(tmp_path / "o2"),
+                          "--skip", "train"], capture_output=True, text=True, env=_env())
+    assert bad.returncode == 2 and "invalid choice: 'train'" in bad.stderr
+
+
+def test_a_warm_start_that_diverged_says_so_in_the_training_note(tmp_path, monkeypatch):
+    """The H100 run whose loss went from 0.086 to 5.3 and back: the note names it."""
+    import ddim.training
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    monkeypatch.setattr(ddim.training, "latest_checkpoint", lambda path: folder / "ckpt-250")
+    losses = [0.086, 5.26, 5.45, 0.3, 0.088]
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 50 * (k + 1), "loss": loss, "images_seen": 51_200 * (k + 1),
+                    "images_per_s": 5000.0}) + "\n" for k, loss in enumerate(losses)))
+    state = run.Run(tmp_path / "out", tmp_path / "work", run.SMOKE, tmp_path, tmp_path, True)
+    note = run._training_outcome(state, {"rc": 0, "stopped": False}, folder)
+    assert note is not None and "DIVERGED: loss 0.0860 first, 5.4500 at its peak" in note
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 50, "loss": 0.09, "images_seen": 1,
+                                                      "images_per_s": 1.0}) + "\n")
+    assert "DIVERGED" not in run._training_outcome(state, {"rc": 0, "stopped": False}, folder)

@@ -38,6 +38,16 @@ def test_auto_is_mixed_with_native_bf16_and_fp32_without(monkeypatch):
         named_precision("half", cpu)
 
 
+
+def test_cuda_paths_keep_nchw_and_cpu_paths_go_channels_last():
+    """Measured on an H100: NCHW was the faster layout there (docs/performance.md, GPU)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert named_precision("auto", cuda) == Precision(bf16=True, channels_last=False)
+    assert describe(named_precision("auto", cuda)) == "bf16"
+    for name in ("fp32", "mixed", "bf16"):
+        assert not named_precision(name, cuda).channels_last
+        assert named_precision(name, cpu).channels_last
+
 class Recorder(torch.nn.Module):
     """Returns its input and records, per call, the timestep and whether autocast was on."""
 

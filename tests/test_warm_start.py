@@ -81,7 +81,7 @@ def test_the_gpu_config_has_the_bundled_network_and_starts_from_its_weights():
     started = start_state(gpu, CPU, init=bundled_checkpoint())
     assert started.origin["images_seen"] == 4000 * 64
     t = gpu.training  # the GPU recipe: large batch, short warm-up, decay over the last quarter
-    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 1e-3, 0.25, 0.0)
+    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 4e-4, 0.25, 0.0)
 
 
 def test_a_float16_conversion_keeps_the_images_its_weights_have_seen(tmp_path):

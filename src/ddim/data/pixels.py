@@ -13,11 +13,18 @@ from PIL import Image
 Crop = Literal["center", "stretch"]
 
 
+# x / 127.5 - 1 for every uint8 value, computed once on the CPU. Looking values up rather than
+# dividing on the images' device gives the same floats everywhere: CUDA divides by a scalar as a
+# multiplication by its reciprocal, one unit in the last place away from the CPU's quotient.
+_MODEL_RANGE = torch.arange(256, dtype=torch.float32) / 127.5 - 1.0
+
+
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """Map uint8 images {0..255} to float32 in [-1, 1] as x / 127.5 - 1, on the input's device."""
+    """Map uint8 images {0..255} to float32 in [-1, 1] as x / 127.5 - 1 (the CPU's floats on
+    every device), on the input's device."""
     if images.dtype != torch.uint8:
         raise TypeError(f"to_model_range expects uint8 images, got {images.dtype}")
-    return images.to(torch.float32) / 127.5 - 1.0
+    return _MODEL_RANGE.to(images.device)[images.long()]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
