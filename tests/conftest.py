@@ -12,6 +12,10 @@ from ddim.config import apply_overrides, load_config
 from ddim.experiments.demo import DemoSettings
 from ddim.network.unet import UNet, reference_init_
 
+# The lineage of the shipped weights (src/ddim/assets/cifar10-32px.safetensors): the images its
+# training runs saw in all, CPU and H100 together (docs/training.md, "The bundled CIFAR-10 model").
+BUNDLED_IMAGES_SEEN = 2_726_400
+
 TINY = [
     "model.ch=32",
     "model.ch_mult=[1, 2]",

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import safetensors.torch
 import torch
+from conftest import BUNDLED_IMAGES_SEEN
 
 import ddim
 import ddim.cli
@@ -72,16 +73,16 @@ def test_the_bundled_float16_file_starts_a_float32_run_with_its_weights_as_both_
         assert state.net.state_dict()[name].dtype == torch.float32
         assert torch.equal(state.net.state_dict()[name], value)
         assert torch.equal(state.ema.state_dict()[name], value)
-    assert origin["weights"] == "one set (both)" and origin["images_seen"] == 4000 * 64
+    assert origin["weights"] == "one set (both)" and origin["images_seen"] == BUNDLED_IMAGES_SEEN
 
 
 def test_the_gpu_config_has_the_bundled_network_and_starts_from_its_weights():
     cpu, gpu = load_config("cifar10-cpu"), load_config("cifar10-gpu")
     assert gpu.model == cpu.model and gpu.data == cpu.data and gpu.diffusion == cpu.diffusion
     started = start_state(gpu, CPU, init=bundled_checkpoint())
-    assert started.origin["images_seen"] == 4000 * 64
+    assert started.origin["images_seen"] == BUNDLED_IMAGES_SEEN
     t = gpu.training  # the GPU recipe: large batch, short warm-up, decay over the last quarter
-    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 4e-4, 0.25, 0.0)
+    assert (t.batch_size, t.lr, t.lr_decay_fraction, gpu.model.dropout) == (512, 2e-4, 0.25, 0.0)
 
 
 def test_a_float16_conversion_keeps_the_images_its_weights_have_seen(tmp_path):
