@@ -12,10 +12,11 @@ import json
 import math
 
 import pytest
+import safetensors.torch
 import torch
 
-from ddim.checkpoint import bundled_checkpoint, load_checkpoint, load_model, save_checkpoint
-from ddim.checkpoint.format import read_safetensors
+from ddim.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ddim.checkpoint.format import metadata_sha256, read_safetensors
 from ddim.config import OFFICIAL_DROPPED, Config, apply_overrides, load_config
 from ddim.diffusion.samplers import ddim_sigma
 from ddim.errors import DdimError
@@ -75,11 +76,19 @@ def test_category_and_num_workers_are_dropped_with_a_note(key, tmp_path):
         apply_overrides(load_config("church"), [f"{key}=1"])
 
 
-def test_a_checkpoint_that_recorded_the_dropped_keys_loads():
-    _, raw_meta = read_safetensors(bundled_checkpoint())
-    recorded = json.loads(raw_meta["config"])
-    assert {"category", "num_workers"} <= recorded["data"].keys()  # written before they went
-    config = load_checkpoint(bundled_checkpoint()).config
+def test_a_checkpoint_that_recorded_the_dropped_keys_loads(tiny_checkpoint, tmp_path):
+    """A file written before the keys went (as the weights shipped until 2026-11 were): its
+    recorded config carries them, its checksum covers them, and it loads without them."""
+    tensors, raw_meta = read_safetensors(tiny_checkpoint)
+    meta = {key: json.loads(value) for key, value in raw_meta.items()}
+    for data in (meta["config"]["data"], meta["data"]):
+        data |= {"category": "", "num_workers": 4}
+    meta["metadata_sha256"] = metadata_sha256(meta)
+    old = tmp_path / "old.safetensors"
+    safetensors.torch.save_file(tensors, old, {k: json.dumps(v) for k, v in meta.items()})
+    recorded = json.loads(read_safetensors(old)[1]["config"])
+    assert {"category", "num_workers"} <= recorded["data"].keys()
+    config = load_checkpoint(old).config
     assert config.to_dict()["model"] == recorded["model"]
     assert config.to_dict()["data"] == {k: v for k, v in recorded["data"].items()
                                         if k not in ("category", "num_workers")}  # fmt: skip
