@@ -24,11 +24,8 @@ def snapshots(run_dirs: list[str], first_images: int) -> list:
     for run in run_dirs:
         for path in run_checkpoints(Path(run)):
             checkpoint = load_checkpoint(path)
-            images = (checkpoint.meta.get("extra") or {}).get("images_seen")
-            if images is None:
-                images = checkpoint.step * checkpoint.config.training.batch_size
-            if images >= first_images:
-                found[images] = checkpoint
+            if checkpoint.images_seen >= first_images:
+                found[checkpoint.images_seen] = checkpoint
     return [found[images] for images in sorted(found)]
 
 
@@ -41,8 +38,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", required=True)
     args = parser.parse_args()
     found = snapshots(args.runs, args.from_images)
-    images = [(c.meta.get("extra") or {}).get("images_seen", c.step * c.config.training.batch_size)
-              for c in found]  # fmt: skip
+    images = [c.images_seen for c in found]
     print(f"{len(found)} snapshots from {images[0]:,} to {images[-1]:,} images")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +51,7 @@ def main() -> None:
             step=last.step,
             extra_meta={"images_seen": images[-1], "posthoc_ema_halflife_kimg": halflife,
                         "snapshots": [str(c.path) for c in found],
-                        "cpu_hours": (last.meta.get("extra") or {}).get("cpu_hours")},
+                        "cpu_hours": last.cpu_hours},
         )  # fmt: skip
         top = max(weights)
         print(f"{path}: half-life {halflife:g} kimg, largest snapshot weight {top:.3f}")

@@ -30,7 +30,7 @@ def check_weights(path: Path) -> str:
     checkpoint = load_checkpoint(path)
     net = model_from_checkpoint(checkpoint)
     parameters = sum(p.numel() for p in net.parameters())
-    seen = (checkpoint.meta.get("extra") or {}).get("images_seen")
+    seen = checkpoint.images_seen
     return (f"{checkpoint.kind} checkpoint, ch {checkpoint.model_config.ch}, {parameters:,} "
             f"parameters, step {checkpoint.step}" + (f", {seen:,} images seen" if seen else ""))
 

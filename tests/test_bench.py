@@ -36,6 +36,29 @@ def test_benchmarks_run_on_cpu_with_and_without_native_bf16(bf16, monkeypatch):
     assert all(r.peak_memory_gib is None for r in sampling + training)
 
 
+def test_paths_can_be_chosen_and_compiled_and_cudnn_benchmark_is_restored(monkeypatch):
+    """--paths keeps the named paths (an unknown name is refused, naming the ones there are),
+    --compile adds each kept one compiled, and --cudnn-benchmark marks every row (off CUDA: as
+    having no effect) and leaves the global flag as it found it."""
+    from ddim.errors import DdimError
+    from ddim.experiments.bench import sampling_paths
+
+    monkeypatch.setenv("DDIM_CPU_BF16", "1")
+    cpu = torch.device("cpu")
+    chosen = sampling_paths(cpu, compile=True, only=["bf16", "fp32 eager"])
+    assert list(chosen) == ["fp32 eager", "bf16", "bf16 + compile"]
+    assert chosen["bf16 + compile"].compile and chosen["bf16"].bf16
+    with pytest.raises(DdimError, match="'bf17'.*'bf16, channels-last'"):
+        sampling_paths(cpu, only=["bf17"])
+    config = apply_overrides(load_config("tiny"), TINY)
+    rows = bench_sampling(config, device=cpu, batch=2, steps=2, repeats=1, diffusers=False,
+                          paths=["default", "bf16"], cudnn_benchmark=True)  # fmt: skip
+    assert [r.path for r in rows] == ["bf16 (cudnn.benchmark: not CUDA)",
+                                      "bf16, channels-last (default) (cudnn.benchmark: not CUDA)"]
+    assert rows[1].note.startswith("vs bf16: ")
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_diffusers_loop_on_our_weights_gives_our_images():
     pytest.importorskip("diffusers")
     config = apply_overrides(load_config("tiny"), TINY)

@@ -1,4 +1,5 @@
-"""benchmarks/fid_curve.py: one row per checkpoint, resumable, a table and a plot."""
+"""benchmarks/fid_curve.py: one row per checkpoint, resumable, a table and a plot; the images seen
+are the weights' lineage, and a later run of the lineage is appended as its own series."""
 
 import json
 import math
@@ -24,11 +25,28 @@ def test_fid_curve_scores_each_checkpoint_once(tmp_path, tiny_checkpoint):
                "--steps", "2", "--batch", "4", "--device", "cpu", "-o", str(tmp_path / "curve")]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert "FID" in first.stdout and "step 0:" in first.stdout
+    assert "FID" in first.stdout and "tiny step 0 (0 images): FID" in first.stdout
     again = subprocess.run(command, capture_output=True, text=True)
-    assert again.returncode == 0 and "step 0:" not in again.stdout  # already scored: skipped
+    assert again.returncode == 0 and "step 0 (" not in again.stdout  # already scored: skipped
     lines = (tmp_path / "curve" / "curve.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 1 and rows[0]["images_seen"] == 0 and math.isfinite(rows[0]["fid"])
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
     assert "| 0 | 0 |" in (tmp_path / "curve" / "curve.md").read_text()
+
+    # a warm start of the lineage, trained on a GPU: its recorded images seen, no CPU hours
+    from ddim.checkpoint import load_checkpoint, save_checkpoint
+
+    tiny = load_checkpoint(tiny_checkpoint)
+    later = save_checkpoint(tmp_path / "later.safetensors", model_state=tiny.model_state,
+                            ema_state=tiny.ema_state, config=tiny.config, step=7,
+                            extra_meta={"images_seen": 123_456, "cpu_hours": 0.25})  # fmt: skip
+    appended = subprocess.run([*command[:2], str(later), *command[3:], "--label", "H100", "--gpu"],
+                              capture_output=True, text=True)  # fmt: skip
+    assert appended.returncode == 0, appended.stderr
+    lines = (tmp_path / "curve" / "curve.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [(r["label"], r["images_seen"], r["cpu_hours"]) for r in rows][1] == ("H100", 123_456,
+                                                                                None)
+    table = (tmp_path / "curve" / "curve.md").read_text()
+    assert "| H100 | 7 | 123,456 | — |" in table and table.index("| 0 | 0 |") < table.index("H100")

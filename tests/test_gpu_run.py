@@ -199,7 +199,19 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     init = json.loads((records / "run" / "init.json").read_text())
     assert init["images_seen"] == BUNDLED_IMAGES_SEEN
     assert (records / "bench.json").is_file() and (records / "plan.json").is_file()
+    fast = json.loads((records / "bench-fast.json").read_text())["results"]  # the default path
+    assert [r["path"] for r in fast] == [f"{default_sampling_path()} (default) (cudnn.benchmark: "
+                                         "not CUDA)"]  # fmt: skip
     assert "collected" in (records / "cuda-tests.log").read_text()
+
+
+def default_sampling_path() -> str:
+    import torch
+
+    from ddim.experiments.bench import sampling_paths
+
+    names = list(sampling_paths(torch.device("cpu"), only=["default"]))
+    return names[0].removesuffix(" (default)")
 
 
 def _env():

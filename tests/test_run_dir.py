@@ -138,6 +138,20 @@ def test_a_time_budget_stops_the_run_and_decays_the_rate_over_its_last_share(
     assert train(config, run, images=blobs(16), resume=run, **QUIET) == last
 
 
+def test_a_time_budget_run_shows_the_budget_on_its_bar(tmp_path, blobs, small_config,
+                                                       monkeypatch, capsys):  # fmt: skip
+    """The bar of a run with a time budget counts the budget's seconds (its ETA is when the run
+    stops, not when n_iters would be reached) and shows the step beside the loss."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: float(next(clock)))
+    config = small_config("training.n_iters=100000")
+    train(config, tmp_path / "run", images=blobs(16), time_budget=30, log_every=1,
+          sample_every=0, progress=True)  # fmt: skip
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("100%|") and "of the time budget" in bar, bar
+    assert "step=" in bar and "100000" not in bar, bar
+
+
 def test_files_without_our_training_state_are_refused_for_resume_in_one_line(
     tmp_path, cli_train, tiny_checkpoint
 ):

@@ -49,6 +49,20 @@ class Checkpoint:
         """Whether the file holds EMA weights beside the raw ones (two sets)."""
         return self.ema_state is not None
 
+    @property
+    def images_seen(self) -> int | None:
+        """The images the weights have seen, a warm start's lineage included: what the file
+        records, else step × the config's batch (an older file of ours), else None (foreign)."""
+        images = (self.meta.get("extra") or {}).get("images_seen")
+        if images is None and self.config is not None and self.step is not None:
+            images = self.step * self.config.training.batch_size
+        return None if images is None else int(images)
+
+    @property
+    def cpu_hours(self) -> float | None:
+        """The CPU hours of the runs behind the weights, where the file records them."""
+        return (self.meta.get("extra") or {}).get("cpu_hours")
+
     def weights_label(self, use_ema: bool = True) -> str:
         """Which weights `weights(use_ema)` gives: "ema", "raw" or "unlabelled" (a file's only
         set, of unknown kind); raw weights of a file that holds none is a DdimError."""

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the fast path")
+    parser.add_argument("--paths", nargs="+", metavar="NAME",
+                        help="only these sampling paths, by the names the table prints (e.g. "
+                             "'bf16', or 'default'); with --compile each is also timed compiled")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms first "
+                             "(torch.backends.cudnn.benchmark; CUDA only)")
     parser.add_argument("--data", help="train on this dataset (through the data module)")
     parser.add_argument("--subdir", help="sub-folder of --data, e.g. train")
     parser.add_argument(
@@ -112,7 +118,8 @@ def _measure(args, config, weights, device) -> list:
         results += bench_sampling(
             config, device=device, batch=args.batch, steps=args.steps, skip=args.skip,
             repeats=args.repeats, compile=args.compile, peak_tflops=args.peak_tflops,
-            weights=weights, diffusers=not args.no_diffusers,
+            weights=weights, diffusers=not args.no_diffusers, paths=args.paths,
+            cudnn_benchmark=args.cudnn_benchmark,
         )  # fmt: skip
     if "train" in args.what:
         images = None

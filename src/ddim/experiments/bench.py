@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -25,6 +25,7 @@ from ddim.data import infinite_batches, to_model_range, to_uint8
 from ddim.device import native_bf16
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars, timesteps
+from ddim.errors import DdimError
 from ddim.network.precision import Precision, eps_model_for, sampling_precision
 from ddim.network.unet import UNet, reference_init_
 from ddim.training import Objective, Schedule, init_training, train_step
@@ -90,30 +91,41 @@ def _result(task, path, batch, seconds, flops_per_image, peak_tflops, device, no
     return Result(task, path, batch, rate, tflops, percent, _peak_gib(device), seconds, note)
 
 
-def sampling_paths(device: torch.device, compile: bool = False) -> dict[str, Precision]:
+def sampling_paths(
+    device: torch.device, compile: bool = False, only: Sequence[str] | None = None
+) -> dict[str, Precision]:
     """The paths worth comparing on `device`: fp32 eager and channels-last and, where bf16 is
     native, bf16 autocast for every step or only for t < 500 (the noisiest steps, whose error DDIM
-    amplifies most, stay fp32), each with and without channels-last. The path `ddim sample` uses
-    by default is marked."""
+    amplifies most, stay fp32), each with and without channels-last; `only` keeps the paths of
+    these names ("default" among them), `compile` adds each kept path but fp32 eager compiled.
+    The path `ddim sample` uses by default is marked."""
     paths = {"fp32 eager": Precision(), "fp32 channels-last": Precision(channels_last=True)}
     if native_bf16(device):
         for name, bf16_below in (("bf16", None), ("bf16 for t < 500", 500)):
             paths[name] = Precision(bf16=True, bf16_below=bf16_below)
             paths[f"{name}, channels-last"] = Precision(bf16=True, bf16_below=bf16_below,
                                                          channels_last=True)  # fmt: skip
-    if compile:
-        paths |= {f"{name} + compile": replace(p, compile=True)
-                  for name, p in list(paths.items())[1:]}  # fmt: skip
     default = sampling_precision(device)
     if default not in paths.values():
         paths["default"] = default
+    if only is not None:  # "default" names the default path, whichever it is
+        alias = next(name for name, p in paths.items() if p == default)
+        only = [alias if name == "default" else name for name in only]
+        unknown = [name for name in only if name not in paths]
+        if unknown:
+            raise DdimError(f"--paths: no sampling path {unknown[0]!r} on {device.type}; the "
+                            f"paths are {', '.join(repr(n) for n in paths)}")  # fmt: skip
+        paths = {name: p for name, p in paths.items() if name in only}
+    if compile:
+        paths |= {f"{name} + compile": replace(p, compile=True)
+                  for name, p in paths.items() if name != "fp32 eager"}  # fmt: skip
     return {f"{name} (default)" if p == default else name: p for name, p in paths.items()}
 
 
-def image_difference(reference: torch.Tensor, other: torch.Tensor) -> str:
+def image_difference(reference: torch.Tensor, other: torch.Tensor, against: str = "fp32") -> str:
     """Mean and max |Δ| in uint8 levels and the share of values that differ, as a note."""
     diff = (reference.int() - other.int()).abs().float()
-    return (f"vs fp32: mean |Δ| {diff.mean():.3f}, max |Δ| {diff.max():.0f} (uint8 levels), "
+    return (f"vs {against}: mean |Δ| {diff.mean():.3f}, max |Δ| {diff.max():.0f} (uint8 levels), "
             f"{100 * (diff > 0).float().mean():.2f}% differ")
 
 
@@ -129,8 +141,23 @@ def bench_sampling(
     peak_tflops: float | None = None,
     weights: dict[str, torch.Tensor] | None = None,
     diffusers: bool = True,
+    paths: Sequence[str] | None = None,
+    cudnn_benchmark: bool = False,
 ) -> list[Result]:
-    """DDIM (η = 0) sampling throughput of each path of `sampling_paths` (and diffusers')."""
+    """DDIM (η = 0) sampling throughput of each path of `sampling_paths` (and diffusers');
+    `cudnn_benchmark` lets cuDNN time its convolution algorithms for these shapes first (during
+    the untimed warm-up) on every path, diffusers' included (no effect off CUDA)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        return _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_tflops,
+                               weights, diffusers, paths, cudnn_benchmark)  # fmt: skip
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_tflops, weights,
+                    diffusers, paths, cudnn_benchmark) -> list[Result]:  # fmt: skip
     torch.manual_seed(0)
     net = UNet.from_config(config.model, config.data.image_size)
     if weights is None:
@@ -144,19 +171,25 @@ def bench_sampling(
     shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
     results, reference = [], None
-    for name, precision in sampling_paths(device, compile).items():
+    suffix = ""
+    if cudnn_benchmark:
+        suffix = ", cudnn.benchmark" if device.type == "cuda" else " (cudnn.benchmark: not CUDA)"
+    for name, precision in sampling_paths(device, compile, paths).items():
+        name += suffix
         eps_model = eps_model_for(copy.deepcopy(net), precision)
         run = lambda m=eps_model: sample(m, x_T, betas, steps=steps, skip=skip)  # noqa: E731
         warm = lambda m=eps_model: sample(m, x_T, betas, steps=[0, 999])  # noqa: E731
         seconds, x_0 = _timed(run, device, repeats, warm_up=warm)
         images = to_uint8(x_0).cpu()
-        reference = images if reference is None else reference
-        note = "" if images is reference else image_difference(reference, images)
+        if reference is None:
+            reference, against = images, name.removesuffix(suffix).removesuffix(" (default)")
+        note = "" if images is reference else image_difference(reference, images, against)
         results.append(_result("sample", name, batch, seconds, flops, peak_tflops, device, note))
     if diffusers and _diffusers_available():
         seconds, images = _diffusers_sampling(net, config, x_T, steps, skip, repeats, device)
-        results.append(_result("sample", "diffusers DDIMPipeline loop, fp32", batch, seconds,
-                               flops, peak_tflops, device, image_difference(reference, images)))
+        name = "diffusers DDIMPipeline loop, fp32" + suffix
+        note = image_difference(reference, images, against)
+        results.append(_result("sample", name, batch, seconds, flops, peak_tflops, device, note))
     return results
 
 

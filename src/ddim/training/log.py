@@ -19,8 +19,12 @@ class TrainLog:
     """Progress bar, metrics.jsonl and TensorBoard for one run, on rank 0 (`active`) only."""
 
     def __init__(
-        self, run_dir: Path, batch_size: int, active: bool, progress: bool, start, end, cpu=0.0
-    ):
+        self, run_dir: Path, batch_size: int, active: bool, progress: bool, start, end, cpu=0.0,
+        budget: float | None = None, elapsed: float = 0.0,
+    ):  # fmt: skip
+        """The bar counts steps up to `end`, or, for a run with a time budget (seconds, of which
+        `elapsed` were spent before this invocation), seconds up to the budget, so its ETA is
+        when the run will stop; the step is then shown beside the loss."""
         self.active = active
         self.batch = batch_size
         self.sum, self.count, self.lr = None, 0, 0.0
@@ -31,9 +35,18 @@ class TrainLog:
         run_dir.mkdir(parents=True, exist_ok=True)
         _drop_lines_after(run_dir / "metrics.jsonl", start)
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.bar = progress_bar(
-            total=end, initial=start, unit="step", disable=not progress, smoothing=0.1
-        )
+        self.budget = budget
+        if budget is None:
+            self.bar = progress_bar(
+                total=end, initial=start, unit="step", disable=not progress, smoothing=0.1
+            )
+        else:
+            self.clock = time.perf_counter() - elapsed
+            self.bar = progress_bar(
+                total=math.ceil(budget), initial=min(int(elapsed), math.ceil(budget)),
+                disable=not progress, smoothing=0.1,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} of the time budget{postfix}",
+            )  # fmt: skip
         self.tensorboard = _tensorboard(run_dir)
 
     def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
@@ -41,8 +54,14 @@ class TrainLog:
         self.sum = loss if self.sum is None else self.sum + loss
         self.count += 1
         self.lr = lr
-        if self.active:
+        if not self.active:
+            return
+        if self.budget is None:
             self.bar.update(1)
+        else:  # whole seconds of the budget spent so far
+            spent = min(int(time.perf_counter() - self.clock), self.bar.total)
+            if spent > self.bar.n:
+                self.bar.update(spent - self.bar.n)
 
     def cpu_seconds(self) -> float:
         """CPU time of this process (all its threads) spent on the run, earlier runs included."""
@@ -71,7 +90,10 @@ class TrainLog:
         }
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
-        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        if self.budget is None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        else:
+            self.bar.set_postfix(step=step, loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
         if self.tensorboard is not None:
             for key in ("loss", "lr", "images_per_s", "cpu_hours"):
                 self.tensorboard.add_scalar(f"train/{key}", record[key], step)

@@ -162,7 +162,8 @@ def train(
         ))  # fmt: skip
         end = min(max_steps or config.training.n_iters, config.training.n_iters)
         log = TrainLog(run_dir, schedule.batch_size, rank == 0, progress,
-                       start=started.state.step, end=end, cpu=started.cpu_seconds)  # fmt: skip
+                       start=started.state.step, end=end, cpu=started.cpu_seconds,
+                       budget=options.time_budget, elapsed=started.elapsed)  # fmt: skip
         loop = _Loop(config, run_dir, started, options, schedule, objective, rank, world_size)
         model = _wrap(started.state.net, device, world_size, compile)
         if compile:

@@ -62,17 +62,13 @@ def warm_start(state: TrainState, checkpoint: Checkpoint) -> dict[str, Any]:
 def init_record(checkpoint: Checkpoint) -> dict[str, Any]:
     """Where a warm start comes from: path, kind, file hash, step, and the images (and CPU
     hours, where recorded) its weights had seen."""
-    extra = checkpoint.meta.get("extra") or {}
-    images = extra.get("images_seen")
-    if images is None and checkpoint.config is not None and checkpoint.step is not None:
-        images = checkpoint.step * checkpoint.config.training.batch_size
     return {
         "path": str(Path(checkpoint.path).resolve()),
         "kind": checkpoint.kind,
         "sha256": _file_sha256(Path(checkpoint.path)),
         "step": checkpoint.step,
-        "images_seen": int(images or 0),
-        "cpu_hours": extra.get("cpu_hours"),
+        "images_seen": checkpoint.images_seen or 0,
+        "cpu_hours": checkpoint.cpu_hours,
         "weights": "network and EMA" if checkpoint.ema_state is not None else "one set (both)",
     }
 
