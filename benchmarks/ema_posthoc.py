@@ -6,8 +6,9 @@
 
 Several run directories (a run and its branches, or a warm start's earlier run) are read as one
 line of snapshots ordered by the images their weights had seen. Each output
-`OUT/ema-<H>kimg.safetensors` holds the average as its (only) weights, the last snapshot's config
-and step, and in its metadata the half-life and the snapshots it averages.
+`OUT/ema-<H>kimg.safetensors` holds the average as its (only) weights, labelled EMA, the last
+snapshot's config and step, and in its metadata the half-life, the snapshots it averages and the
+lineage (images seen, CPU hours, the warm start the run began from).
 """
 
 import argparse
@@ -50,8 +51,9 @@ def main() -> None:
             out / f"ema-{halflife:g}kimg.safetensors", model_state=state, config=last.config,
             step=last.step,
             extra_meta={"images_seen": images[-1], "posthoc_ema_halflife_kimg": halflife,
-                        "snapshots": [str(c.path) for c in found],
-                        "cpu_hours": last.cpu_hours},
+                        "snapshots": [str(c.path) for c in found], "weights": "ema",
+                        "cpu_hours": last.cpu_hours,
+                        "init": (last.meta.get("extra") or {}).get("init")},
         )  # fmt: skip
         top = max(weights)
         print(f"{path}: half-life {halflife:g} kimg, largest snapshot weight {top:.3f}")

@@ -3,9 +3,9 @@ seen and CPU hours, so the trend says what more training would buy.
 
 Each checkpoint's EMA network samples the same N seeds with the same sampler (DDIM, η = 0, S = 50,
 `quad` by default: the run's own sampling settings), the images are scored in memory as they come,
-and one row per checkpoint is appended to OUT/curve.jsonl (a rerun skips the checkpoints already
-scored at these settings), then OUT/curve.md and OUT/curve.png are rewritten. The images seen and
-CPU hours are the weights' lineage as their file records it (a warm start's earlier runs
+and one row per checkpoint is appended to OUT/curve.jsonl (a rerun skips the files, by SHA-256,
+already scored at these settings), then OUT/curve.md and OUT/curve.png are rewritten. The images
+seen and CPU hours are the weights' lineage as their file records it (a warm start's earlier runs
 included), so the runs of one lineage, scored at different times and on different machines, add
 up to one curve in one OUT; each run is a series, named by `--label` (default: its run
 directory). A lineage with GPU training stays off the CPU-hours panel (`--gpu`). Usage:
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ddim.checkpoint import load_checkpoint, model_from_checkpoint
-from ddim.checkpoint.load import bundled_checkpoint
+from ddim.checkpoint.load import bundled_checkpoint, checkpoint_sha256
 from ddim.experiments.report import Panel, save_plot
 from ddim.fid import compute_fid, load_stats
 from ddim.files import write_text
@@ -77,10 +77,10 @@ def write_outputs(rows: list[dict], out: Path, settings: dict) -> None:
     title = f"FID ({settings['n']} samples)"
     by_images, by_hours = {}, {}
     for r in rows:
-        by_images.setdefault(r["label"], []).append((r["images_seen"] / 1000, r["fid"]))
+        by_images.setdefault(r["label"], []).append((round(r["images_seen"] / 1e6, 2), r["fid"]))
         if r["cpu_hours"] is not None:
             by_hours.setdefault(r["label"], []).append((round(r["cpu_hours"], 2), r["fid"]))
-    panels = [Panel(by_images, title=title, xlabel="thousand images seen (log scale)")]
+    panels = [Panel(by_images, title=title, xlabel="million images seen (log scale)")]
     if by_hours:
         panels.append(Panel(by_hours, title=title, xlabel="CPU hours", log_x=False))
     save_plot(panels, out / "curve.png")
@@ -116,12 +116,13 @@ def main() -> None:
     log = out / "curve.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     rows = [r for r in rows if r["settings"] == settings]
-    done = {r["ckpt"] for r in rows}
+    done = {r.get("sha256") for r in rows}  # a file scored before, wherever it is now
     for name in args.ckpt:
         path = bundled_checkpoint() if name == "bundled" else Path(name).resolve()
-        if str(path) in done:
+        sha256 = checkpoint_sha256(path)
+        if sha256 in done:
             continue
-        row = {**score(path, ref, args, device, precision), "settings": settings,
+        row = {**score(path, ref, args, device, precision), "sha256": sha256, "settings": settings,
                "ref": Path(args.ref).name, "ref_n": ref.n, "precision": describe(precision)}
         print(f"{row['label']} step {row['step']:,} ({row['images_seen']:,} images): "
               f"FID {row['fid']:.2f} ({args.n} samples)", flush=True)

@@ -104,13 +104,14 @@ def _draw_frame(draw: ImageDraw.ImageDraw, font, axes: _Axes, xticks: Sequence[f
     x0, bottom, right = axes.x_offset + axes.LEFT, axes.H - axes.BOTTOM, axes.x_offset + axes.W
     right -= axes.RIGHT
     draw.line((x0, axes.TOP, x0, bottom, right, bottom), fill="black")
-    last = -100
+    last, room = -100, 24  # a label needs 24 px from the last one, more after a wide one
     for x in xticks:
         px, _ = axes.xy(x, axes.y0)
         draw.line((px, bottom, px, bottom + 4), fill="black")
-        if px - last >= 24:
-            draw.text((px - 8, bottom + 6), f"{x:g}", fill="black", font=font)
-            last = px
+        if px - last >= room:
+            label = f"{x:g}"
+            draw.text((px - 8, bottom + 6), label, fill="black", font=font)
+            last, room = px, max(24, draw.textlength(label, font=font) + 6)
     for k in range(6):
         y = axes.y0 + (axes.y1 - axes.y0) * k / 5
         _, py = axes.xy(10**axes.x0 if axes.panel.log_x else axes.x0, y)
