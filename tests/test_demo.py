@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -36,9 +35,7 @@ def test_every_image_has_a_shape_brighter_than_any_background():
 
 
 def test_run_demo_end_to_end_writes_a_report_with_existing_images(tmp_path, small_demo):
-    start = time.perf_counter()
     report = run_demo(tmp_path / "demo", settings=small_demo, progress=False)
-    assert time.perf_counter() - start < 120
     assert report == tmp_path / "demo" / "report.html"
     html = report.read_text(encoding="utf-8")
     sources = re.findall(r'<img src="([^"]+)"', html)

@@ -48,3 +48,28 @@ def test_average_states_is_the_weighted_sum_key_by_key():
     assert out["b"].dtype == torch.float16 and float(out["b"]) == 3.0
     with pytest.raises(DdimError, match="other tensors"):
         average_states([a, {"w": a["w"]}], [0.5, 0.5])
+
+
+def test_the_script_writes_ema_labelled_files_that_keep_the_lineage(tmp_path, blobs, small_config):
+    """benchmarks/ema_posthoc.py over a run's checkpoints: one file per half-life, its one set of
+    weights labelled EMA (so `--raw` is refused), with the last snapshot's images seen and init."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ddim.checkpoint import load_checkpoint
+    from ddim.training import train
+
+    run = tmp_path / "run"
+    train(small_config(), run, images=blobs(16), max_steps=4, checkpoint_every=2, keep=10,
+          sample_every=0, progress=False)  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ema_posthoc.py"
+    result = subprocess.run([sys.executable, str(script), str(run), "--halflife-kimg", "0.01",
+                             "-o", str(tmp_path / "ph")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    average = load_checkpoint(tmp_path / "ph" / "ema-0.01kimg.safetensors")
+    last = load_checkpoint(run / "checkpoints" / "ckpt-00000004.safetensors")
+    assert average.weights_label() == "ema" and average.images_seen == last.images_seen == 32
+    assert average.meta["extra"]["init"] == last.meta["extra"]["init"]
+    with pytest.raises(DdimError, match="no raw weights"):
+        average.weights(use_ema=False)

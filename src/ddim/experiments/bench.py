@@ -113,8 +113,9 @@ def sampling_paths(
         only = [alias if name == "default" else name for name in only]
         unknown = [name for name in only if name not in paths]
         if unknown:
-            raise DdimError(f"--paths: no sampling path {unknown[0]!r} on {device.type}; the "
-                            f"paths are {', '.join(repr(n) for n in paths)}")  # fmt: skip
+            raise DdimError(f"paths: no sampling path {unknown[0]!r} on {device.type}; the "
+                            f"paths are {', '.join(repr(n) for n in paths)}",
+                            argument="paths")  # fmt: skip
         paths = {name: p for name, p in paths.items() if name in only}
     if compile:
         paths |= {f"{name} + compile": replace(p, compile=True)
