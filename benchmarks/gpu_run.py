@@ -16,7 +16,7 @@ Stages, top to bottom; each is recorded, and a stage that fails does not stop th
   cuda-tests   python -m pytest -m cuda tests/test_cuda.py (CUDA against the CPU)
   bench        ddim bench: the CIFAR-10 config (35.7M), DDIM S = 50, batch 500: every precision
                path (the default among them), fp32 eager, and diffusers' DDIM loop; then, in
-               the stage's time left, bf16 with cudnn.benchmark, eager and compiled
+               the stage's time left, bf16 and pure bf16 with cudnn.benchmark, eager and compiled
   plan         training images/s of each width and batch, eager and compiled, for a few seconds
                each; the rules of gpu_plan.py choose width, batch and compile
   train        ddim train --config cifar10-gpu --init bundled, for the time that is left
@@ -94,7 +94,8 @@ SMOKE = Sizes(minutes=10.0, bench_config="tiny", bench_batch=2, bench_steps=2, b
 # Seconds each part of a 9-minute run may take; a run of M minutes scales them by M / 9.
 # On an H100: the tests took 70 s before the compiled-training one, the eager measurements about
 # 35 s, and 10,000 samples at S = 50 about 40 s after a 15 s start (two sets of 2,000 add 15 s);
-# the bench of every path 66 s, which leaves the faster paths (one compilation) about 110 s.
+# the bench of every path 66 s (before the two pure-bf16 paths, a few seconds each), which
+# leaves the faster paths about 100 s: both eagerly, then as many compilations as fit.
 ALLOWED = {"cuda-tests": 80, "bench": 180, "plan": 60, "train-startup": 15, "least-training": 30,
            "after-training": 100, "pack": 5}  # fmt: skip
 FAST_BENCH_LEAST_S = 20  # the faster paths need at least this much of the bench stage
@@ -441,22 +442,46 @@ def bench(run: Run) -> str:
     return note + "; " + _bench_faster(run, left)
 
 
+def fast_paths() -> list[str]:
+    """The sampling paths of the faster-paths bench: the default, and the network cast to bf16
+    (pure bf16) where bf16 is native on the device `ddim bench` picks."""
+    import torch
+
+    from ddim.device import native_bf16
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return ["default"] + (["pure bf16"] if native_bf16(device) else [])
+
+
 def _bench_faster(run: Run, timeout: float) -> str:
-    """The default path (bf16 on CUDA) with torch.backends.cudnn.benchmark, and compiled: the
-    sampling-speed candidates not yet timed on a GPU (records/bench-fast.json)."""
-    out = run.records / "bench-fast.json"
-    command = [*_bench_command(run.sizes, out), "--paths", "default", "--cudnn-benchmark",
-               "--no-diffusers"]  # fmt: skip
+    """The sampling-speed candidates not yet timed on a GPU, each in its own child (a
+    compilation stopped by the stage's limit loses only its own rows): the default path and
+    pure bf16 with cuDNN's algorithm search (records/bench-fast.json), then each compiled
+    (bench-compiled-*.json), pure bf16 first, as long as the stage has time."""
+    began = time.monotonic()
+    paths = fast_paths()
+    runs = [("bench-fast", paths, False)]
     if run.sizes.bench_compile:
-        command.append("--compile")
-    result = run.child(command, "bench-fast.log", timeout=timeout)
-    run.say(run.tail("bench-fast.log", 6))
-    if result["rc"] != 0:
-        return (f"faster paths: exit {result['rc']}"
-                f"{' (stopped at the stage limit)' if result['stopped'] else ''}")
-    rows = json.loads(out.read_text())["results"]
-    run.facts["bench-fast"] = rows
-    return ", ".join(f"{r['path']} {r['images_per_s']:,.1f} img/s" for r in rows)
+        runs += [(f"bench-compiled-{p.replace(' ', '-')}", [p], True) for p in reversed(paths)]
+    notes = []
+    for name, chosen, compile in runs:
+        left = timeout - (time.monotonic() - began)
+        if left < FAST_BENCH_LEAST_S:
+            notes.append(f"{name}: no time left ({left:.0f} s)")
+            break
+        out = run.records / f"{name}.json"
+        command = [*_bench_command(run.sizes, out), "--paths", *chosen, "--cudnn-benchmark",
+                   "--no-diffusers", *(["--compile"] if compile else [])]  # fmt: skip
+        result = run.child(command, f"{name}.log", timeout=left)
+        run.say(run.tail(f"{name}.log", 6))
+        if result["rc"] != 0:
+            notes.append(f"{name}: exit {result['rc']}"
+                         f"{' (stopped at the stage limit)' if result['stopped'] else ''}")
+            continue
+        rows = json.loads(out.read_text())["results"]
+        run.facts[name] = rows
+        notes.append(", ".join(f"{r['path']} {r['images_per_s']:,.1f} img/s" for r in rows))
+    return "; ".join(notes)
 
 
 def _peak_tflops(device: str) -> float | None:

@@ -11,7 +11,8 @@ Tolerances, stated once:
   level; the kernels sum in another order, which DDIM's first steps amplify by up to √((1−ᾱ)/ᾱ).
 - the default CUDA path (bf16 autocast, NCHW) against float32 on the CPU: a mean
   difference of at most BF16_MEAN_LEVELS uint8 levels (on the CPU bf16 against fp32 measured
-  0.3–0.4 level, max 4, for the bundled model at S = 10).
+  0.3–0.4 level, max 4, for the bundled model at S = 10); the network cast to bf16 (pure bf16)
+  within PURE_BF16_MEAN_LEVELS (on the CPU 0.78 level, max 5, 16 seeds at S = 10).
 - two batch sizes on CUDA: float32 within one level; the default path within BATCH_MEAN_LEVELS on
   average (cuDNN chooses kernels by batch shape).
 """
@@ -37,6 +38,7 @@ from ddim.training import init_training, train
 
 FP32_ATOL = 1e-3
 BF16_MEAN_LEVELS = 1.5
+PURE_BF16_MEAN_LEVELS = 2.0
 BATCH_MEAN_LEVELS = 0.5
 
 CUDA_AVAILABLE = torch.cuda.is_available()
@@ -120,15 +122,19 @@ def test_float32_sampling_on_cuda_equals_the_cpu(monkeypatch, exact_fp32, bundle
 
 @needs_cuda
 @pytest.mark.cuda
-def test_default_cuda_sampling_stays_near_float32_on_the_cpu(monkeypatch, bundled):
+@pytest.mark.parametrize(("precision", "mean_levels"),
+                         [("auto", BF16_MEAN_LEVELS), ("pure-bf16", PURE_BF16_MEAN_LEVELS)])
+def test_bf16_cuda_sampling_stays_near_float32_on_the_cpu(monkeypatch, bundled, precision,
+                                                          mean_levels):  # fmt: skip
     net, config = bundled
     betas = config.diffusion.betas()
     cuda = torch.device("cuda")
     assert named_precision("auto", cuda) == Precision(bf16=True, channels_last=False)
     cpu = to_uint8(run_sampler(monkeypatch, net, betas, "ddim-eta0", "cpu")).int()
-    gpu = run_sampler(monkeypatch, net, betas, "ddim-eta0", "cuda", named_precision("auto", cuda))
+    gpu = run_sampler(monkeypatch, net, betas, "ddim-eta0", "cuda",
+                      named_precision(precision, cuda))  # fmt: skip
     diff = (to_uint8(gpu).int() - cpu).abs().float()
-    assert diff.mean() <= BF16_MEAN_LEVELS, f"mean {diff.mean():.3f}, max {diff.max():.0f} levels"
+    assert diff.mean() <= mean_levels, f"mean {diff.mean():.3f}, max {diff.max():.0f} levels"
 
 
 @needs_cuda

@@ -125,6 +125,51 @@ def test_sample_sets_start_with_the_main_set_then_the_costliest_table_cells():
 # --- packing --------------------------------------------------------------------------------------
 
 
+class FakeRun:
+    """What the bench stage's faster paths use of a Run; `child` records each command, writes its
+    rows, and fails the compiled runs named in `stopped` as a stage limit would."""
+
+    def __init__(self, records: Path, stopped=()):
+        self.sizes, self.records, self.facts = run.GPU, records, {}
+        self.commands, self.stopped = [], stopped
+
+    def child(self, command, log, timeout):
+        self.commands.append((log, command))
+        (self.records / log).write_text("log\n")
+        if any(name in log for name in self.stopped):
+            return {"rc": -15, "stopped": True}
+        out = Path(command[command.index("-o") + 1])
+        paths = command[command.index("--paths") + 1:command.index("--cudnn-benchmark")]
+        rows = [{"path": p, "images_per_s": 100.0 + i} for i, p in enumerate(paths)]
+        out.write_text(json.dumps({"results": rows}))
+        return {"rc": 0, "stopped": False}
+
+    def say(self, text):
+        pass
+
+    def tail(self, log, lines=12):
+        return ""
+
+
+def test_faster_paths_run_each_compilation_apart_so_one_stopped_loses_only_its_rows(tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(run, "fast_paths", lambda: ["default", "pure bf16"])
+    fake = FakeRun(tmp_path, stopped=("pure-bf16",))
+    note = run._bench_faster(fake, timeout=600)
+    assert [log for log, _ in fake.commands] == [
+        "bench-fast.log", "bench-compiled-pure-bf16.log", "bench-compiled-default.log"]
+    eager, *compiled = [command for _, command in fake.commands]
+    assert "--compile" not in eager and all("--compile" in c for c in compiled)
+    assert eager[eager.index("--paths") + 1:][:2] == ["default", "pure bf16"]
+    assert "bench-compiled-pure-bf16: exit -15 (stopped at the stage limit)" in note
+    assert set(fake.facts) == {"bench-fast", "bench-compiled-default"}
+    assert (tmp_path / "bench-compiled-default.json").is_file()
+    # no time left: nothing is started, and the note says so
+    late = FakeRun(tmp_path)
+    assert "no time left" in run._bench_faster(late, timeout=run.FAST_BENCH_LEAST_S - 1)
+    assert late.commands == []
+
+
 def test_files_split_into_parts_join_back_and_a_changed_part_is_caught(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, 2500, dtype=np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(data)
@@ -199,10 +244,19 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     init = json.loads((records / "run" / "init.json").read_text())
     assert init["images_seen"] == BUNDLED_IMAGES_SEEN
     assert (records / "bench.json").is_file() and (records / "plan.json").is_file()
-    fast = json.loads((records / "bench-fast.json").read_text())["results"]  # the default path
-    assert [r["path"] for r in fast] == [f"{default_sampling_path()} (default) (cudnn.benchmark: "
-                                         "not CUDA)"]  # fmt: skip
+    # the default path, and pure bf16 where bf16 is native
+    fast = json.loads((records / "bench-fast.json").read_text())["results"]
+    expected = [f"{default_sampling_path()} (default)"] + ["pure bf16"] * native_bf16_cpu()
+    assert [r["path"] for r in fast] == [f"{p} (cudnn.benchmark: not CUDA)" for p in expected]
     assert "collected" in (records / "cuda-tests.log").read_text()
+
+
+def native_bf16_cpu() -> bool:
+    import torch
+
+    from ddim.device import native_bf16
+
+    return native_bf16(torch.device("cpu"))
 
 
 def default_sampling_path() -> str:

@@ -1,6 +1,8 @@
 """Native-bf16 detection and fallback (ddim.device), the precision paths (ddim.network.precision),
 and samplers that keep no autograd graph whatever the model does."""
 
+import copy
+
 import pytest
 import torch
 
@@ -50,6 +52,41 @@ def test_cuda_paths_keep_nchw_and_cpu_paths_go_channels_last():
     for name in ("fp32", "mixed", "bf16"):
         assert not named_precision(name, cuda).channels_last
         assert named_precision(name, cpu).channels_last
+
+def test_pure_bf16_is_a_named_path_that_needs_bf16_on_every_step():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert named_precision("pure-bf16", cpu) == Precision(bf16=True, channels_last=True, pure=True)
+    assert describe(named_precision("pure-bf16", cuda)) == "pure bf16"
+    assert describe(named_precision("pure-bf16", cpu, compile=True)) == (
+        "pure bf16, channels-last, compiled")
+    for bad in (dict(pure=True), dict(bf16=True, bf16_below=500, pure=True)):
+        with pytest.raises(ValueError, match="pure needs bf16 and no bf16_below"):
+            Precision(**bad)
+
+
+def test_pure_bf16_casts_the_network_and_runs_without_autocast(tiny_checkpoint):
+    """The network's weights and activations are bf16 (no autocast: its GroupNorms see bf16),
+    the output is float32, and DDIM's images are as near float32 as autocast's (on the CPU
+    autocast runs GroupNorm in bf16 already, so there the two paths agree)."""
+    net, config = ddim.load_model(tiny_checkpoint)
+    x_T = torch.randn((8, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    betas = config.diffusion.betas()
+    cpu = torch.device("cpu")
+    fp32 = ddim.sample(eps_model_for(copy.deepcopy(net)), x_T, betas, steps=5)
+    autocast = ddim.sample(eps_model_for(copy.deepcopy(net), named_precision("bf16", cpu)), x_T,
+                           betas, steps=5)  # fmt: skip
+    seen = []
+    norm = next(m for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
+    norm.register_forward_hook(lambda m, args, out: seen.append(
+        (args[0].dtype, out.dtype, torch.is_autocast_enabled("cpu"))))
+    eps_model = eps_model_for(net, named_precision("pure-bf16", cpu))
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+    assert eps_model(x_T, torch.tensor([999] * 8)).dtype == torch.float32
+    pure = ddim.sample(eps_model, x_T, betas, steps=5)
+    assert seen and all(s == (torch.bfloat16, torch.bfloat16, False) for s in seen)
+    error, autocast_error = (pure - fp32).abs().mean(), (autocast - fp32).abs().mean()
+    assert 0 < error <= 1.5 * autocast_error
+
 
 class Recorder(torch.nn.Module):
     """Returns its input and records, per call, the timestep and whether autocast was on."""

@@ -33,8 +33,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the network's arithmetic: fp32; mixed = bf16 for t < 500, fp32 "
-                             "above; bf16 (default auto: bf16 on CUDA and on CPUs with native "
-                             "bf16, else fp32; see docs/performance.md)")
+                             "above; bf16 (autocast); pure-bf16 = the network itself cast to "
+                             "bf16, norms included (default auto: bf16 on CUDA and on CPUs with "
+                             "native bf16, else fp32; see docs/performance.md)")
     parser.add_argument("--fp32", "--no-amp", dest="fp32", action="store_true",
                         help="the same as --precision fp32")
     parser.add_argument("--compile", action="store_true",

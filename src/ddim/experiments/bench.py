@@ -96,15 +96,17 @@ def sampling_paths(
 ) -> dict[str, Precision]:
     """The paths worth comparing on `device`: fp32 eager and channels-last and, where bf16 is
     native, bf16 autocast for every step or only for t < 500 (the noisiest steps, whose error DDIM
-    amplifies most, stay fp32), each with and without channels-last; `only` keeps the paths of
+    amplifies most, stay fp32) and the network cast to bf16 (pure bf16, no autocast), each with
+    and without channels-last; `only` keeps the paths of
     these names ("default" among them), `compile` adds each kept path but fp32 eager compiled.
     The path `ddim sample` uses by default is marked."""
     paths = {"fp32 eager": Precision(), "fp32 channels-last": Precision(channels_last=True)}
     if native_bf16(device):
-        for name, bf16_below in (("bf16", None), ("bf16 for t < 500", 500)):
-            paths[name] = Precision(bf16=True, bf16_below=bf16_below)
-            paths[f"{name}, channels-last"] = Precision(bf16=True, bf16_below=bf16_below,
-                                                         channels_last=True)  # fmt: skip
+        for name, bf16 in (("bf16", Precision(bf16=True)),
+                           ("bf16 for t < 500", Precision(bf16=True, bf16_below=500)),
+                           ("pure bf16", Precision(bf16=True, pure=True))):  # fmt: skip
+            paths[name] = bf16
+            paths[f"{name}, channels-last"] = replace(bf16, channels_last=True)
     default = sampling_precision(device)
     if default not in paths.values():
         paths["default"] = default

@@ -24,6 +24,9 @@ class Precision:
     bf16           bf16 autocast for the network (float32 out)
     bf16_below     with bf16: only for t < bf16_below; the noisiest steps, whose error DDIM
                    amplifies most (by √((1 − ᾱ_t)/ᾱ_t)), stay in float32
+    pure           with bf16: no autocast; the network itself is cast to bf16, weights and every
+                   activation, so GroupNorm, SiLU and the residual sums read and write bf16
+                   where autocast runs them in float32 and casts between (float32 out)
     channels_last  NHWC memory layout for the network and its input
     compile        torch.compile (inductor, weights frozen) the network
     """
@@ -32,9 +35,15 @@ class Precision:
     bf16_below: int | None = None
     channels_last: bool = False
     compile: bool = False
+    pure: bool = False
+
+    def __post_init__(self):
+        if self.pure and (not self.bf16 or self.bf16_below is not None):
+            raise ValueError("a pure bf16 network runs every step in bf16: "
+                             "pure needs bf16 and no bf16_below")
 
 
-PRECISIONS = ("auto", "fp32", "mixed", "bf16")
+PRECISIONS = ("auto", "fp32", "mixed", "bf16", "pure-bf16")
 MIXED_BELOW = 500  # `mixed`: bf16 for t < 500, float32 for the noisier steps
 
 
@@ -46,6 +55,9 @@ def named_precision(name: str, device: torch.device, *, compile: bool = False) -
     mixed  bf16 autocast for t < 500, float32 for the noisy steps whose error DDIM amplifies most:
            images within a few uint8 levels of float32 (bf16 moves them by about one on average)
     bf16   bf16 autocast for every step
+    pure-bf16  the network cast to bf16, weights and activations (no autocast, no float32
+           GroupNorm): the candidate for GPUs, where autocast's float32 norms and casts, not
+           the convolutions, held sampling to a tenth of the card's peak (docs/performance.md)
     On an AMX CPU bf16 sampled the bundled model 2.6x faster than float32 and 1.5x faster than
     mixed, with KID of 2,000 DDIM S = 10 samples 36.2 against 35.4 (x 10^-3) in float32, where
     the estimate's standard deviation is 1.7 (docs/performance.md).
@@ -58,10 +70,10 @@ def named_precision(name: str, device: torch.device, *, compile: bool = False) -
     if name not in PRECISIONS:
         raise DdimError(f"precision {name!r}: choose one of {', '.join(PRECISIONS)}",
                         argument="precision")
-    bf16 = name in ("mixed", "bf16")
+    bf16 = name in ("mixed", "bf16", "pure-bf16")
     below = MIXED_BELOW if name == "mixed" else None
     return Precision(bf16=bf16, bf16_below=below, channels_last=device.type != "cuda",
-                     compile=compile)
+                     compile=compile, pure=name == "pure-bf16")
 
 
 def sampling_precision(device: torch.device, fp32: bool = False) -> Precision:
@@ -70,9 +82,12 @@ def sampling_precision(device: torch.device, fp32: bool = False) -> Precision:
 
 
 def describe(precision: Precision) -> str:
-    """A short name for records: fp32, bf16, or bf16 for t < N; with the layout and compile."""
+    """A short name for records: fp32, bf16, pure bf16 or bf16 for t < N; with the layout and
+    compile."""
     if not precision.bf16:
         name = "fp32"
+    elif precision.pure:
+        name = "pure bf16"
     elif precision.bf16_below is None:
         name = "bf16"
     else:
@@ -83,9 +98,12 @@ def describe(precision: Precision) -> str:
 
 def eps_model_for(net: torch.nn.Module, precision: Precision = Precision()) -> EpsModel:
     """The network as `eps_model(x_t, t)` on the path `precision` names; the output is float32
-    whatever the network computed in, and no autograd graph is kept."""
+    whatever the network computed in, and no autograd graph is kept. Like `Module.to`, the
+    layout and the pure-bf16 cast change `net` itself."""
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if precision.pure:
+        net = net.to(torch.bfloat16)
     run = net
     if precision.compile:
         import torch._inductor.config as inductor_config
@@ -97,6 +115,8 @@ def eps_model_for(net: torch.nn.Module, precision: Precision = Precision()) -> E
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if precision.pure:
+            return run(x.to(torch.bfloat16), t).float()
         bf16 = precision.bf16 and (
             precision.bf16_below is None or int(t.max()) < precision.bf16_below
         )

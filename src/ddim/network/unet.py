@@ -224,8 +224,9 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        temb = timestep_embedding(t, self.ch)
-        temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
+        dense = self.temb.dense[0]
+        temb = timestep_embedding(t, self.ch).to(dense.weight.dtype)  # bf16 in a bf16 network
+        temb = self.temb.dense[1](F.silu(dense(temb)))
 
         hs = [self.conv_in(x)]
         for level in self.down:
