@@ -97,9 +97,9 @@ def sampling_paths(
     """The paths worth comparing on `device`: fp32 eager and channels-last and, where bf16 is
     native, bf16 autocast for every step or only for t < 500 (the noisiest steps, whose error DDIM
     amplifies most, stay fp32) and the network cast to bf16 (pure bf16, no autocast), each with
-    and without channels-last; `only` keeps the paths of
-    these names ("default" among them), `compile` adds each kept path but fp32 eager compiled.
-    The path `ddim sample` uses by default is marked."""
+    and without channels-last; `only` keeps the paths of these names ("default" among them),
+    `compile` adds each kept path but fp32 eager compiled. The path `ddim sample` uses by
+    default is marked."""
     paths = {"fp32 eager": Precision(), "fp32 channels-last": Precision(channels_last=True)}
     if native_bf16(device):
         for name, bf16 in (("bf16", Precision(bf16=True)),

@@ -25,8 +25,8 @@ class Precision:
     bf16_below     with bf16: only for t < bf16_below; the noisiest steps, whose error DDIM
                    amplifies most (by √((1 − ᾱ_t)/ᾱ_t)), stay in float32
     pure           with bf16: no autocast; the network itself is cast to bf16, weights and every
-                   activation, so GroupNorm, SiLU and the residual sums read and write bf16
-                   where autocast runs them in float32 and casts between (float32 out)
+                   activation, so GroupNorm and SiLU read and write bf16 where CUDA autocast
+                   runs GroupNorm in float32 and casts between (float32 out)
     channels_last  NHWC memory layout for the network and its input
     compile        torch.compile (inductor, weights frozen) the network
     """
