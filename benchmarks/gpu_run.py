@@ -444,13 +444,13 @@ def bench(run: Run) -> str:
 
 def fast_paths() -> list[str]:
     """The sampling paths of the faster-paths bench: the default, and the network cast to bf16
-    (pure bf16) where bf16 is native on the device `ddim bench` picks."""
+    (pure bf16) where `ddim bench` has that path on the device it picks."""
     import torch
 
-    from ddim.device import native_bf16
+    from ddim.experiments.bench import sampling_paths
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return ["default"] + (["pure bf16"] if native_bf16(device) else [])
+    return ["default"] + [name for name in ("pure bf16",) if name in sampling_paths(device)]
 
 
 def _bench_faster(run: Run, timeout: float) -> str:
