@@ -99,3 +99,34 @@ def test_bench_command_writes_json(tmp_path):
     record = json.loads(out.read_text())
     assert [r["task"] for r in record["results"]].count("train") >= 1
     assert record["threads"] >= 1 and "device" in record
+
+
+def test_profile_splits_one_network_call_by_kind_of_work(monkeypatch):
+    """--profile: each path's self times sum to its total, shares to one, the convolutions are
+    found among the CPU's operators, and GPU kernel names are sorted into the same kinds."""
+    from ddim.experiments.bench import OTHER, op_kind
+
+    monkeypatch.setenv("DDIM_CPU_BF16", "1")
+    config = apply_overrides(load_config("tiny"), TINY)
+    rows = bench_sampling(config, device=torch.device("cpu"), batch=2, steps=2, repeats=1,
+                          diffusers=False, paths=["fp32 eager", "pure bf16"], profile=True)
+    for row in rows:
+        profile = row.profile
+        kinds = profile["by_kind"]
+        assert abs(sum(v["ms"] for v in kinds.values()) - profile["total_ms"]) < 1e-6
+        assert abs(sum(v["share"] for v in kinds.values()) - 1) < 1e-9
+        assert kinds["convolution and matmul"]["ms"] > 0
+        assert profile["top"][0]["ms"] == max(o["ms"] for o in profile["top"])
+    assert "normalization" in rows[0].profile["by_kind"]
+    assert bench_sampling(config, device=torch.device("cpu"), batch=2, steps=2, repeats=1,
+                          diffusers=False, paths=["fp32 eager"])[0].profile is None
+    names = {
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_nhwckrsc_nchw": "convolution and matmul",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>": "normalization",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<256>>": "attention",
+        "triton_per_fused_native_group_norm_silu_0": "normalization",
+        "triton_poi_fused_add_silu_3": "compiled (fused)",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout and casts",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>": OTHER,
+    }
+    assert {name: op_kind(name) for name in names} == names

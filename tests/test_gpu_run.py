@@ -160,6 +160,7 @@ def test_faster_paths_run_each_compilation_apart_so_one_stopped_loses_only_its_r
         "bench-fast.log", "bench-compiled-pure-bf16.log", "bench-compiled-default.log"]
     eager, *compiled = [command for _, command in fake.commands]
     assert "--compile" not in eager and all("--compile" in c for c in compiled)
+    assert "--profile" in eager  # the kernels' time by kind, measured only on the eager paths
     assert eager[eager.index("--paths") + 1:][:2] == ["default", "pure bf16"]
     assert "bench-compiled-pure-bf16: exit -15 (stopped at the stage limit)" in note
     assert set(fake.facts) == {"bench-fast", "bench-compiled-default"}
@@ -248,6 +249,7 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     fast = json.loads((records / "bench-fast.json").read_text())["results"]
     expected = [f"{default_sampling_path()} (default)"] + ["pure bf16"] * native_bf16_cpu()
     assert [r["path"] for r in fast] == [f"{p} (cudnn.benchmark: not CUDA)" for p in expected]
+    assert all(r["profile"]["by_kind"] for r in fast)
     assert "collected" in (records / "cuda-tests.log").read_text()
 
 

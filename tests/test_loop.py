@@ -258,7 +258,7 @@ def test_a_compiled_network_with_wrong_gradients_is_found_and_refused(
             if not n.startswith(("conv_in", "down.0.block"))]  # fmt: skip
     assert wrong == deep and all(p.grad is None for p in state.net.parameters())
     # train(compile=True) checks before its first step, and refuses in one line
-    monkeypatch.setattr(loop_module.torch, "compile", _DropsDeepGradients)
+    monkeypatch.setattr(loop_module, "compile_blocks", _DropsDeepGradients)
     with pytest.raises(DdimError, match=r"torch.compile gives \d+ of \d+ parameters a zero"):
         train(config, tmp_path, images=blobs(16), compile=True, sample_every=0, progress=False)
     assert not (tmp_path / "checkpoints").exists()

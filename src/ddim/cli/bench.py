@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms first "
                              "(torch.backends.cudnn.benchmark; CUDA only)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one network call of each sampling path: time by kind "
+                             "of work (convolution, normalization, casts, ...) and the top "
+                             "kernels, printed and in the JSON")
     parser.add_argument("--data", help="train on this dataset (through the data module)")
     parser.add_argument("--subdir", help="sub-folder of --data, e.g. train")
     parser.add_argument(
@@ -119,7 +123,7 @@ def _measure(args, config, weights, device) -> list:
             config, device=device, batch=args.batch, steps=args.steps, skip=args.skip,
             repeats=args.repeats, compile=args.compile, peak_tflops=args.peak_tflops,
             weights=weights, diffusers=not args.no_diffusers, paths=args.paths,
-            cudnn_benchmark=args.cudnn_benchmark,
+            cudnn_benchmark=args.cudnn_benchmark, profile=args.profile,
         )  # fmt: skip
     if "train" in args.what:
         images = None
@@ -149,6 +153,14 @@ def _report(args, config, device, results) -> None:
             f"| {r.task} | {r.path} | {r.batch} | {r.images_per_s:.1f} | {r.tflops:.3f} | "
             f"{percent} | {memory} | {r.note} |"
         )
+    profiled = [r for r in results if r.profile]
+    if profiled:
+        print(f"\nwhere one network call spends its time (batch {profiled[0].batch}, "
+              f"t = T/2; {profiled[0].profile['clock']}' self time):")
+    for r in profiled:
+        kinds = " · ".join(f"{kind} {v['share']:.0%}" for kind, v in r.profile["by_kind"].items())
+        top = "; ".join(f"{o['name'][:60]} {o['ms']:.2f} ms" for o in r.profile["top"][:3])
+        print(f"- {r.path}: {r.profile['total_ms']:.1f} ms: {kinds}\n  top: {top}")
     if args.output:
         record = {"device": describe_device(device), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "checkpoint": args.ckpt,

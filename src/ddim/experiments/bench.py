@@ -26,6 +26,7 @@ from ddim.device import native_bf16
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars, timesteps
 from ddim.errors import DdimError
+from ddim.network.compiled import compile_blocks
 from ddim.network.precision import Precision, eps_model_for, sampling_precision
 from ddim.network.unet import UNet, reference_init_
 from ddim.training import Objective, Schedule, init_training, train_step
@@ -45,6 +46,7 @@ class Result:
     peak_memory_gib: float | None
     seconds: float
     note: str = ""
+    profile: dict | None = None  # `profile_call` of one network call, with --profile
 
 
 def forward_flops(net: torch.nn.Module, config: Config, device: torch.device) -> float:
@@ -66,18 +68,20 @@ def _timed(
     device: torch.device,
     repeats: int,
     warm_up: Callable[[], object] | None = None,
-) -> tuple[float, object]:
-    """Seconds per call of `fn` after one warm-up call (of `warm_up` if given, else `fn`), and
-    the last result."""
+) -> tuple[float, object, float]:
+    """Seconds per call of `fn` after one warm-up call (of `warm_up` if given, else `fn`), the
+    last result, and the warm-up's seconds (a compiled path's compilation)."""
+    start = time.perf_counter()
     out = (warm_up or fn)()
     _synchronize(device)
+    warm_seconds = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(repeats):
         out = fn()
     _synchronize(device)
-    return (time.perf_counter() - start) / repeats, out
+    return (time.perf_counter() - start) / repeats, out, warm_seconds
 
 
 def _peak_gib(device: torch.device) -> float | None:
@@ -125,6 +129,61 @@ def sampling_paths(
     return {f"{name} (default)" if p == default else name: p for name, p in paths.items()}
 
 
+KINDS = (  # (kind, substrings of an op's or kernel's lower-cased name), the first match wins
+    ("attention", ("attention", "flash", "fmha", "sdpa", "softmax")),
+    ("normalization", ("group_norm", "groupnorm", "layer_norm", "batch_norm", "rowwisemoments",
+                       "computefusedparams")),
+    ("compiled (fused)", ("triton", "cpp_fused", "compiledfunction", "compiled region")),
+    ("convolution and matmul", ("conv", "gemm", "xmma", "cutlass", "aten::mm", "aten::addmm",
+                                "aten::bmm", "aten::linear", "wgmma")),
+    ("layout and casts", ("copy", "nchwtonhwc", "nhwctonchw", "transpose", "clone", "contiguous",
+                          "cast", "convert")),
+)
+OTHER = "elementwise and other"
+
+
+def op_kind(name: str) -> str:
+    """The kind of work an operator or GPU kernel does, from its name (`KINDS`)."""
+    lowered = name.lower()
+    return next((kind for kind, keys in KINDS if any(k in lowered for k in keys)), OTHER)
+
+
+def profile_call(fn: Callable[[], object], device: torch.device, top: int = 12) -> dict:
+    """Where one call of `fn` spends its time: `torch.profiler` self times (of the GPU kernels on
+    CUDA, of the operators on the CPU) summed by `op_kind`, in ms and as shares, and the `top`
+    kernels or operators. The call runs once untimed first, so that nothing is first-call
+    work."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _synchronize(device)
+    events = prof.key_averages()
+    if device.type == "cuda":
+        times = [(e.key, e.self_device_time_total, e.count) for e in events
+                 if e.device_type == DeviceType.CUDA]  # fmt: skip
+    else:
+        times = [(e.key, e.self_cpu_time_total, e.count) for e in events]
+    times = [(name, us / 1000, count) for name, us, count in times if us > 0]
+    total = sum(ms for _, ms, _ in times)
+    by_kind: dict[str, float] = {}
+    for name, ms, _ in times:
+        by_kind[op_kind(name)] = by_kind.get(op_kind(name), 0.0) + ms
+    ranked = sorted(times, key=lambda row: -row[1])[:top]
+    return {
+        "clock": "GPU kernels" if device.type == "cuda" else "CPU operators",
+        "total_ms": total,
+        "by_kind": {kind: {"ms": ms, "share": ms / total}
+                    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": name[:160], "ms": ms, "calls": count, "kind": op_kind(name)}
+                for name, ms, count in ranked],
+    }  # fmt: skip
+
+
 def image_difference(reference: torch.Tensor, other: torch.Tensor, against: str = "fp32") -> str:
     """Mean and max |Δ| in uint8 levels and the share of values that differ, as a note."""
     diff = (reference.int() - other.int()).abs().float()
@@ -146,21 +205,23 @@ def bench_sampling(
     diffusers: bool = True,
     paths: Sequence[str] | None = None,
     cudnn_benchmark: bool = False,
+    profile: bool = False,
 ) -> list[Result]:
     """DDIM (η = 0) sampling throughput of each path of `sampling_paths` (and diffusers');
     `cudnn_benchmark` lets cuDNN time its convolution algorithms for these shapes first (during
-    the untimed warm-up) on every path, diffusers' included (no effect off CUDA)."""
+    the untimed warm-up) on every path, diffusers' included (no effect off CUDA); `profile` adds
+    to each of our paths where one network call on the batch spends its time (`profile_call`)."""
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark
     try:
         return _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_tflops,
-                               weights, diffusers, paths, cudnn_benchmark)  # fmt: skip
+                               weights, diffusers, paths, cudnn_benchmark, profile)  # fmt: skip
     finally:
         torch.backends.cudnn.benchmark = previous
 
 
 def _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_tflops, weights,
-                    diffusers, paths, cudnn_benchmark) -> list[Result]:  # fmt: skip
+                    diffusers, paths, cudnn_benchmark, profile) -> list[Result]:  # fmt: skip
     torch.manual_seed(0)
     net = UNet.from_config(config.model, config.data.image_size)
     if weights is None:
@@ -182,12 +243,17 @@ def _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_t
         eps_model = eps_model_for(copy.deepcopy(net), precision)
         run = lambda m=eps_model: sample(m, x_T, betas, steps=steps, skip=skip)  # noqa: E731
         warm = lambda m=eps_model: sample(m, x_T, betas, steps=[0, 999])  # noqa: E731
-        seconds, x_0 = _timed(run, device, repeats, warm_up=warm)
+        seconds, x_0, warm_seconds = _timed(run, device, repeats, warm_up=warm)
         images = to_uint8(x_0).cpu()
         if reference is None:
             reference, against = images, name.removesuffix(suffix).removesuffix(" (default)")
         note = "" if images is reference else image_difference(reference, images, against)
+        if precision.compile:
+            note = f"first call {warm_seconds:.0f} s (compiling); " + note
         results.append(_result("sample", name, batch, seconds, flops, peak_tflops, device, note))
+        if profile:
+            t = torch.full((batch,), len(betas) // 2, device=device)
+            results[-1].profile = profile_call(lambda m=eps_model, t=t: m(x_T, t), device)
     if diffusers and _diffusers_available():
         seconds, images = _diffusers_sampling(net, config, x_T, steps, skip, repeats, device)
         name = "diffusers DDIMPipeline loop, fp32" + suffix
@@ -233,7 +299,7 @@ def _diffusers_sampling(net, config, x_T, steps, skip, repeats, device):
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         return x
 
-    seconds, x_0 = _timed(run, device, repeats)
+    seconds, x_0, _ = _timed(run, device, repeats)
     return seconds, to_uint8(x_0).cpu()
 
 
@@ -269,7 +335,7 @@ def bench_training(
     results = []
     for name, amp, channels_last, use_compile in paths:
         state = init_training(config, device, channels_last=channels_last)
-        model = torch.compile(state.net) if use_compile else state.net
+        model = compile_blocks(state.net) if use_compile else state.net
         layout = torch.channels_last if channels_last else torch.contiguous_format
         batches = (
             x.contiguous(memory_format=layout) for x in infinite_batches(images, batch, seed=0)
@@ -279,13 +345,14 @@ def bench_training(
             return train_step(state, next(batches), alpha_bar, objective=objective,
                               schedule=schedule, model=model, amp=amp)  # fmt: skip
 
-        seconds, _ = _timed(step, device, repeats)
+        seconds, _, warm_seconds = _timed(step, device, repeats)
         note = ""
         if use_compile:
             x_0 = to_model_range(images[:2])
             wrong = compiled_gradient_errors(state, model, x_0, alpha_bar, objective, amp=amp)
-            note = f"WRONG: {len(wrong)} parameters get no gradient; ddim train refuses" if wrong \
-                else "gradients checked against eager"
+            note = f"first step {warm_seconds:.0f} s (compiling); " + (
+                f"WRONG: {len(wrong)} parameters get no gradient; ddim train refuses" if wrong
+                else "gradients checked against eager")  # fmt: skip
         results.append(_result("train", name, batch, seconds, flops, peak_tflops, device, note))
     return results
 

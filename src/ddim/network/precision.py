@@ -109,7 +109,7 @@ def eps_model_for(net: torch.nn.Module, precision: Precision = Precision()) -> E
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # weights are constants while sampling: fold and prepack
-        run = torch.compile(net)
+        run = torch.compile(net)  # whole: freezing folds every weight (and its bf16 cast)
 
     @torch.no_grad()
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ddim.diffusion.schedule import alpha_bars
 from ddim.errors import DdimError
 from ddim.files import write_text
 from ddim.images import save_grid
+from ddim.network.compiled import compile_blocks
 from ddim.training.log import TrainLog
 from ddim.training.recipe import (
     Objective,
@@ -249,12 +250,13 @@ def _device_of(state: TrainState) -> torch.device:
 
 
 def _wrap(net: torch.nn.Module, device: torch.device, world_size: int, compile: bool):
-    """The network as the steps call it: DDP-wrapped under torchrun, compiled if asked."""
-    model = net
+    """The network as the steps call it: its blocks compiled if asked (a twin sharing its
+    parameters, `compile_blocks`), DDP-wrapped under torchrun."""
+    model = compile_blocks(net) if compile else net
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-    return torch.compile(model) if compile else model
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model
 
 
 def _check_compiled(loop: _Loop, model, images: torch.Tensor, amp: bool) -> None:
