@@ -2,9 +2,11 @@
 
 Compiling the whole network traces one graph of every block in a row; compiling each residual and
 attention block instead traces a block once per shape it sees, and the blocks of the same shape
-share the compiled code. The convolutions stay the library's; what inductor fuses (GroupNorm with
-SiLU, the residual adds, the casts) lies inside the blocks, so the compiled network runs as fast
-while compiling in a fraction of the time (docs/performance.md, "Compiling").
+share the compiled code. What inductor fuses (GroupNorm with SiLU, the residual adds, the casts)
+lies inside the blocks; the padded stride-2 downsampling, behind which whole-network compilation
+under bf16 autocast zeroed the gradients on the CPU, stays eager between them. Training uses it
+(`ddim train --compile`: right gradients, and a shorter compilation on the CPU, docs/performance.md,
+"Training"); sampling compiles the whole network, whose frozen weights inductor folds.
 """
 
 from __future__ import annotations
