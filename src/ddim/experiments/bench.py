@@ -164,7 +164,9 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int = 12) 
         _synchronize(device)
     events = prof.key_averages()
     if device.type == "cuda":
-        times = [(e.key, e.self_device_time_total, e.count) for e in events
+        named = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else \
+            "self_cuda_time_total"  # its name before PyTorch 2.4
+        times = [(e.key, getattr(e, named), e.count) for e in events
                  if e.device_type == DeviceType.CUDA]  # fmt: skip
     else:
         times = [(e.key, e.self_cpu_time_total, e.count) for e in events]
@@ -249,7 +251,7 @@ def _bench_sampling(config, device, batch, steps, skip, repeats, compile, peak_t
             reference, against = images, name.removesuffix(suffix).removesuffix(" (default)")
         note = "" if images is reference else image_difference(reference, images, against)
         if precision.compile:
-            note = f"first call {warm_seconds:.0f} s (compiling); " + note
+            note = "; ".join(filter(None, [f"first call {warm_seconds:.0f} s (compiling)", note]))
         results.append(_result("sample", name, batch, seconds, flops, peak_tflops, device, note))
         if profile:
             t = torch.full((batch,), len(betas) // 2, device=device)
