@@ -174,7 +174,8 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int = 12) 
     total = sum(ms for _, ms, _ in times)
     by_kind: dict[str, float] = {}
     for name, ms, _ in times:
-        by_kind[op_kind(name)] = by_kind.get(op_kind(name), 0.0) + ms
+        kind = op_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
     ranked = sorted(times, key=lambda row: -row[1])[:top]
     return {
         "clock": "GPU kernels" if device.type == "cuda" else "CPU operators",

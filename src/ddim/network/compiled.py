@@ -34,11 +34,9 @@ def compile_blocks(net: nn.Module) -> nn.Module:
     """
     import torch._dynamo.config as dynamo_config
 
-    limit = getattr(dynamo_config, "recompile_limit", dynamo_config.cache_size_limit)
-    if limit < RECOMPILE_LIMIT:
-        if hasattr(dynamo_config, "recompile_limit"):
-            dynamo_config.recompile_limit = RECOMPILE_LIMIT
-        dynamo_config.cache_size_limit = RECOMPILE_LIMIT
+    for key in ("recompile_limit", "cache_size_limit"):  # the limit's name since / before 2.7
+        if getattr(dynamo_config, key, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, key, RECOMPILE_LIMIT)
     shared = {id(t): t for t in itertools.chain(net.parameters(), net.buffers())}
     twin = copy.deepcopy(net, memo=shared)
     for module in twin.modules():
