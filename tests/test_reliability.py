@@ -220,6 +220,8 @@ BAD_INPUTS = [
     ("log-every-zero", _train("--data", "{root}/mixed-modes", "--log-every", "0"), "--log-every"),
     ("max-steps-negative", _train("--data", "{root}/mixed-modes", "--max-steps", "-1"), "--max"),
     ("resume-nothing", _train("--resume", "{root}/empty"), "no complete checkpoint"),
+    ("init-missing", _train("--data", "{root}/mixed-modes", "--init", "{root}/none.safetensors"),
+     "--init checkpoint not found: "),
     ("ckpt-missing", _sample("{root}/none.safetensors"), "none.safetensors"),
     ("ckpt-truncated", _sample("{root}/truncated.safetensors"), "truncated"),
     ("ckpt-other-config", _sample("{ckpt}", "--config", "{root}/wide.yml"),
@@ -268,6 +270,7 @@ def test_bad_input_is_one_line_exit_2(argv, message, inputs, tiny_checkpoint, tm
     assert len(errors) == 1 and errors[0] == lines[-1], out.stderr
     assert errors[0].startswith("ddim ") and message in errors[0], errors[0]
     assert not (inputs / "pwned").exists()
+    assert not (tmp_path / "runs").exists(), "a refused training left a run directory"
 
 
 @pytest.mark.parametrize(("argv", "message"), [c[1:] for c in ARGPARSE_ERRORS],

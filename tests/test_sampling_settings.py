@@ -37,6 +37,13 @@ def test_what_is_not_given_is_the_configs():
     assert all(x.skip == "uniform" and x.option == ("eta", 1.0) and x.clip for x in asked.samplers)
 
 
+def test_label_names_the_dropped_repeats():
+    """quad at S = 50 repeats t = 0, so it walks 49 timesteps; the label says both."""
+    quad = st.sampling_settings(CONFIG, steps=50).sampler
+    assert quad.network_calls == 49 and quad.label == "S=50, 49 calls"
+    assert st.sampling_settings(CONFIG, steps=20, skip="uniform").sampler.label == "S=20"
+
+
 def test_records_keep_their_shape():
     ddim = st.sampling_settings(CONFIG, steps=4).sampler
     assert ddim.record() == {"steps": 4, "skip": "quad", "eta": 0.25, "kind": "ddim",

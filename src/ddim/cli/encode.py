@@ -51,7 +51,7 @@ def run(args) -> int:
                 "selection": SELECTION, "steps": sampler.steps, "skip": sampler.skip}
     with claim_output(file_output(args.out, command="encode"), recorded, overwrite=args.overwrite):
         with progress_bar(total=len(chosen.images), unit="img",
-                          desc=f"encoding S={sampler.network_calls}") as bar:  # fmt: skip
+                          desc=f"encoding {sampler.label}") as bar:  # fmt: skip
             latents = encode_images(model.eps_model, sampler, chosen.images, batch=settings.batch,
                                     device=model.device, progress=bar.update)  # fmt: skip
         record = {**model.record(), "images": str(args.images), "subdir": args.subdir,

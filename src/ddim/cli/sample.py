@@ -85,7 +85,7 @@ def _generate(args, model, settings, rank: int, world: int) -> tuple[int, float]
     sampler = settings.sampler
     start = time.perf_counter()
     with progress_bar(total=args.n, unit="img", disable=rank != 0,
-                      desc=f"sampling S={sampler.network_calls}") as bar:  # fmt: skip
+                      desc=f"sampling {sampler.label}") as bar:  # fmt: skip
         made = generate_to_shards(
             model.eps_model, sampler, range(args.seed, args.seed + args.n), settings.shape,
             args.out, batch=settings.batch, device=model.device, rank=rank, world_size=world,

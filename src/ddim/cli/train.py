@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--no-amp", "--fp32", action="store_true",
                         help="train in float32 even where bf16 autocast is the fast path")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network block by block (docs/performance.md)")
     parser.add_argument("--checkpoint-every", type=int,
                         help="steps (default training.snapshot_freq; a resume keeps the run's)")
     parser.add_argument("--keep", type=int,
@@ -61,8 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-every", type=int,
                         help="steps between sample grids (0: off; default: at checkpoints)")
     parser.add_argument("--log-every", type=int, help="steps between metric lines (default 100)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ddim"))
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="processes decoding the images once, before training (default: "
+                             "the cores, at most 8; 0: in this process)")
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ddim"),
+                        help="where the decoded images are kept, as uint8, for the next run on "
+                             "the same files (default ~/.cache/ddim)")
     parser.add_argument("--dry-run", action="store_true", help="print the config and stop")
     add_overwrite_argument(parser)
 
@@ -118,7 +123,7 @@ def run(args) -> int:
     if args.dry_run:
         return 0
     from ddim.device import parse_device
-    from ddim.training import train
+    from ddim.training import load_training_images, train
 
     check_count(args.workers, "--workers", least=0)
     for flag, value, least in (("--keep", args.keep, 1), ("--log-every", args.log_every, 1),
@@ -128,6 +133,12 @@ def run(args) -> int:
         if value is not None:
             check_count(value, flag, least=least)
     device = parse_device(args.device)
+    init = _init_path(args.init)
+    if init is not None and not init.exists():
+        raise DdimError(f"--init checkpoint not found: {init}")
+    # the data is read before a new run directory is made for it: a bad path makes none
+    images = load_training_images(config, cache_dir=args.cache_dir, workers=args.workers,
+                                  progress=rank == 0)  # fmt: skip
     run_dir = _run_dir(args, config, rank)
     if rank == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
@@ -136,7 +147,7 @@ def run(args) -> int:
         run_dir,
         device=device,
         resume=args.resume,
-        init=_init_path(args.init),
+        init=init,
         max_steps=args.max_steps,
         time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
         amp=False if args.no_amp else None,
@@ -145,8 +156,7 @@ def run(args) -> int:
         keep=args.keep,
         sample_every=args.sample_every,
         log_every=args.log_every,
-        cache_dir=args.cache_dir,
-        workers=args.workers,
+        images=images,
         overwrite=args.overwrite,
     )
     if rank == 0:

@@ -93,6 +93,13 @@ class Sampler:
         """How many times the network runs per image: |τ|."""
         return len(self.timesteps)
 
+    @property
+    def label(self) -> str:
+        """S as asked, with the network calls where repeated timesteps were dropped (quad at
+        S = 50 walks 49): "S=50, 49 calls"."""
+        calls = self.network_calls
+        return f"S={self.steps}" + (f", {calls} calls" if calls != self.steps else "")
+
     def record(self) -> dict:
         """The sampler as recorded: S, skip, its option, its name, clip_x0 as asked."""
         option = dict([self.option]) if self.option else {}
