@@ -51,11 +51,6 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def use_bf16(device: torch.device, fp32: bool = False) -> bool:
-    """The precision decision every command makes: bf16 where native, unless fp32 is forced."""
-    return not fp32 and native_bf16(device)
-
-
 def parse_device(name: str | None) -> torch.device | None:
     """A device name as a torch.device (None stays None); a bad name or a missing GPU is a
     DdimError naming it."""
