@@ -124,6 +124,7 @@ def run(args) -> int:
         return 0
     from ddim.device import parse_device
     from ddim.training import load_training_images, train
+    from ddim.training.warm_start import load_init_checkpoint
 
     check_count(args.workers, "--workers", least=0)
     for flag, value, least in (("--keep", args.keep, 1), ("--log-every", args.log_every, 1),
@@ -134,9 +135,9 @@ def run(args) -> int:
             check_count(value, flag, least=least)
     device = parse_device(args.device)
     init = _init_path(args.init)
-    if init is not None and not init.exists():
-        raise DdimError(f"--init checkpoint not found: {init}")
-    # the data is read before a new run directory is made for it: a bad path makes none
+    if init is not None:
+        load_init_checkpoint(init, config)  # refused here, before a run directory is made
+    # and the data is read before the run directory too: a bad path makes none
     images = load_training_images(config, cache_dir=args.cache_dir, workers=args.workers,
                                   progress=rank == 0)  # fmt: skip
     run_dir = _run_dir(args, config, rank)
