@@ -1,9 +1,8 @@
-"""benchmarks/gpu_run.sh: its rules (width, batch, compile, what fits in the returned files), its
-packing and unpacking, and the whole run at smoke size on the CPU, every stage."""
+"""lab/gpu/run.py and run.sh: the plan's decision, the sample sets and what fits of them in the
+returned files, the bench stage's faster paths, and the whole run at smoke size on the CPU, every
+stage, its returned files unpacked by lab/gpu/unpack.py."""
 
-import importlib.util
 import json
-import math
 import subprocess
 import sys
 import tarfile
@@ -11,71 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_IMAGES_SEEN
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "benchmarks"
+from lab.gpu import handback, rules, run
+
+ROOT = Path(__file__).resolve().parents[3]
+HARNESS = ROOT / "lab" / "gpu"
 MIB = 2**20
 
 
-def load(name):
-    """A module of benchmarks/ (not a package) by file name."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-plan = load("gpu_plan")
-pack = load("gpu_pack")
-run = load("gpu_run")
-
-CH64, CH96 = 8_952_067, 20_118_915  # parameters of cifar10-gpu at width 64 and 96
-
-
-# --- the rules ------------------------------------------------------------------------------------
-
-
-def test_a_width_over_the_size_limit_is_never_chosen_however_fast():
-    width, reason = plan.choose_width({64: 10_000, 96: 9_000}, {64: CH64, 96: CH96}, 300,
-                                      target_images=2.5e6)  # fmt: skip
-    assert width == 64 and "40.2 MB fp16 (over 20 MB)" in reason
-
-
-def test_the_widest_width_that_fits_and_reaches_the_target_is_chosen():
-    rates, params = {64: 12_000, 96: 9_000, 80: 8_000}, {64: CH64, 96: 9_000_000, 80: 9_500_000}
-    assert plan.choose_width(rates, params, 300, target_images=2.5e6)[0] == 96
-    # 96 no longer reaches 2.5M in 250 s (2.25M): the widest that does is 64
-    assert plan.choose_width(rates, params, 250, target_images=2.5e6)[0] == 64
-    # none reaches it: the fitting width that sees the most images
-    assert plan.choose_width(rates, params, 100, target_images=2.5e6)[0] == 64
-    assert plan.choose_width({96: 1.0}, {96: CH96}, 100, target_images=1)[0] == 96  # none fits
-
-
-def test_the_smallest_batch_within_ten_percent_of_the_best_is_chosen():
-    assert plan.choose_batch({256: 9_000, 512: 10_500, 1024: 11_000})[0] == 512
-    assert plan.choose_batch({256: 10_000, 512: 10_500, 1024: 11_000})[0] == 256
-    assert plan.choose_batch({256: 5_000, 512: 8_000, 1024: 11_000})[0] == 1024
-
-
-def test_the_learning_rate_scales_with_the_square_root_of_the_batch_and_warmup_keeps_images():
-    assert plan.batch_overrides(512, 1e-3, 200) == {"training.lr": 1e-3, "training.warmup": 200}
-    scaled = plan.batch_overrides(1024, 1e-3, 200)
-    assert math.isclose(scaled["training.lr"], 1e-3 * math.sqrt(2))
-    assert scaled["training.warmup"] == 100
-    assert plan.batch_overrides(256, 1e-3, 0)["training.warmup"] == 0
-
-
-def test_compile_pays_only_when_the_images_gained_outweigh_the_compilation():
-    assert plan.compile_pays(10_000, 15_000, 60, 300)  # 240 s at 15k > 300 s at 10k
-    assert not plan.compile_pays(10_000, 12_000, 60, 300)  # 2.88M < 3.0M
-    assert not plan.compile_pays(10_000, 15_000, 400, 300)
+# --- the plan and the sample sets --------------------------------------------------------------
 
 
 def test_the_plan_falls_back_to_the_shipped_width_eager_when_nothing_was_measured():
@@ -96,20 +40,15 @@ def test_the_plan_compiles_when_the_measured_rates_say_it_pays():
     assert not run.decide(measured, 300.0, run.GPU)["compile"]
 
 
-def test_training_time_is_what_the_deadline_leaves_and_never_below_the_least():
-    assert plan.training_seconds(400, after=50, startup=20, least=30) == 330
-    assert plan.training_seconds(60, after=50, startup=20, least=30) == 30
-
-
 def test_at_gpu_size_two_table_sets_fit_beside_the_weights_and_the_main_set():
     from ddim.checkpoint import bundled_checkpoint
 
     weights = bundled_checkpoint().stat().st_size  # the float16 file of the same network
     main = run.npz_bytes(10_000)
-    files = plan.parts_of(weights) + plan.parts_of(main)
+    files = rules.parts_of(weights) + rules.parts_of(main)
     assert files == 4
-    assert plan.sets_that_fit(files, weights + main, run.npz_bytes(2_000)) == 2
-    assert plan.sets_that_fit(8, 0, 1) == 0 and plan.sets_that_fit(0, 0, 70 * MIB) == 0
+    assert rules.sets_that_fit(files, weights + main, run.npz_bytes(2_000)) == 2
+    assert rules.sets_that_fit(8, 0, 1) == 0 and rules.sets_that_fit(0, 0, 70 * MIB) == 0
 
 
 def test_sample_sets_start_with_the_main_set_then_the_costliest_table_cells():
@@ -122,7 +61,7 @@ def test_sample_sets_start_with_the_main_set_then_the_costliest_table_cells():
     assert options["S20-eta1-n2000"] == ["--steps", "20", "--eta", "1"]
 
 
-# --- packing --------------------------------------------------------------------------------------
+# --- the bench stage's faster paths -------------------------------------------------------------
 
 
 class FakeRun:
@@ -171,23 +110,6 @@ def test_faster_paths_run_each_compilation_apart_so_one_stopped_loses_only_its_r
     assert late.commands == []
 
 
-def test_files_split_into_parts_join_back_and_a_changed_part_is_caught(tmp_path):
-    data = np.random.default_rng(0).integers(0, 256, 2500, dtype=np.uint8).tobytes()
-    (tmp_path / "big.bin").write_bytes(data)
-    out = tmp_path / "out"
-    out.mkdir()
-    entry = pack.split_file(tmp_path / "big.bin", out, "big.bin", part_bytes=1000)
-    assert [p["file"] for p in entry["parts"]] == ["big.bin.00", "big.bin.01", "big.bin.02"]
-    assert [p["bytes"] for p in entry["parts"]] == [1000, 1000, 500]
-    pack.join_parts(out, entry, tmp_path / "joined.bin")
-    assert (tmp_path / "joined.bin").read_bytes() == data
-    (out / "big.bin.01").write_bytes(b"x" * 1000)
-    with pytest.raises(ValueError, match="big.bin.01"):
-        pack.join_parts(out, entry, tmp_path / "again.bin")
-    with pytest.raises(ValueError, match="letters, digits"):
-        pack.split_file(tmp_path / "big.bin", out, "bad name")
-
-
 # --- the whole run, at smoke size ----------------------------------------------------------------
 
 
@@ -208,7 +130,7 @@ def jpeg_archive(path: Path, n: int = 16) -> Path:
 def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     data = jpeg_archive(tmp_path / "train.tar.xz")
-    command = ["bash", str(BENCHMARKS / "gpu_run.sh"), str(out), "--smoke", "--data", str(data),
+    command = ["bash", str(HARNESS / "run.sh"), str(out), "--smoke", "--data", str(data),
                "--wheels", str(tmp_path / "no-wheels"), "--work", str(work)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env={**_env(), "PYTHON":
                                                                           sys.executable})
@@ -219,9 +141,10 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     assert all(s["status"] == "ok" for s in stages), stages
 
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= plan.MAX_FILES and "manifest.json" in files and "records.tar.gz" in files
-    assert all(pack.NAME.match(f) and (out / f).stat().st_size <= plan.PART_BYTES for f in files)
-    assert sum((out / f).stat().st_size for f in files) <= plan.MAX_TOTAL_BYTES
+    assert len(files) <= rules.MAX_FILES and "manifest.json" in files and "records.tar.gz" in files
+    assert all(handback.NAME.match(f) for f in files)
+    assert all((out / f).stat().st_size <= rules.PART_BYTES for f in files)
+    assert sum((out / f).stat().st_size for f in files) <= rules.MAX_TOTAL_BYTES
     assert {"ema-fp16.safetensors.00", "ema-fp16.safetensors.01", "S5-eta0-n4.npz"} <= set(files)
     manifest = json.loads((out / "manifest.json").read_text())
     names = [entry["name"] for entry in manifest["files"]]
@@ -232,10 +155,10 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     assert "did not fit" not in result.stdout
 
     unpacked = tmp_path / "unpacked"
-    check = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_unpack.py"), str(out),
-                            str(unpacked)], capture_output=True, text=True, env=_env())  # fmt: skip
+    check = subprocess.run([sys.executable, "-m", "lab.gpu.unpack", str(out), str(unpacked)],
+                           capture_output=True, text=True, env=_env(), cwd=ROOT)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    from ddim.checkpoint import load_checkpoint
+    from ddim.checkpoint import bundled_checkpoint, load_checkpoint
 
     weights = load_checkpoint(unpacked / "ema-fp16.safetensors")
     assert weights.model_config.ch == 64 and weights.meta["extra"]["float16"]
@@ -243,7 +166,7 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
         assert samples["arr_0"].shape == (4, 32, 32, 3)
     records = unpacked / "records"
     init = json.loads((records / "run" / "init.json").read_text())
-    assert init["images_seen"] == BUNDLED_IMAGES_SEEN
+    assert init["images_seen"] == load_checkpoint(bundled_checkpoint()).images_seen
     assert (records / "bench.json").is_file() and (records / "plan.json").is_file()
     # the default path, and pure bf16 where bf16 is native
     fast = json.loads((records / "bench-fast.json").read_text())["results"]
@@ -251,6 +174,14 @@ def test_the_smoke_run_passes_every_stage_and_hands_back_files_that_unpack(tmp_p
     assert [r["path"] for r in fast] == [f"{p} (cudnn.benchmark: not CUDA)" for p in expected]
     assert all(r["profile"]["by_kind"] for r in fast)
     assert "collected" in (records / "cuda-tests.log").read_text()
+
+
+def test_without_the_archive_the_environment_stage_says_which_argument_names_it(tmp_path):
+    for data in (None, tmp_path / "absent.tar.xz"):
+        state = run.Run(tmp_path / "out", tmp_path / "work", run.SMOKE, data, tmp_path, True)
+        with pytest.raises(run.StageFailed, match="as --data PATH or in DDIM_CIFAR10_TAR"):
+            run.decode_training_images(state)
+        state.log_file.close()
 
 
 def native_bf16_cpu() -> bool:
@@ -281,7 +212,7 @@ def test_a_run_can_skip_the_measuring_stages_and_train_with_the_defaults(tmp_pat
     still exits 0, and training uses the shipped width and the config's batch."""
     out, work = tmp_path / "out", tmp_path / "work"
     data = jpeg_archive(tmp_path / "train.tar.xz")
-    command = ["bash", str(BENCHMARKS / "gpu_run.sh"), str(out), "--smoke", "--data", str(data),
+    command = ["bash", str(HARNESS / "run.sh"), str(out), "--smoke", "--data", str(data),
                "--wheels", str(tmp_path / "no-wheels"), "--work", str(work),
                "--skip", "cuda-tests", "bench", "plan"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env={**_env(), "PYTHON":
@@ -292,7 +223,7 @@ def test_a_run_can_skip_the_measuring_stages_and_train_with_the_defaults(tmp_pat
     assert stages == {"environment": "ok", "cuda-tests": "skipped", "bench": "skipped",
                       "plan": "skipped", "train": "ok", "sample": "ok", "pack": "ok"}
     assert "s: ch 64, batch 2, eager" in result.stdout  # "training for N s: ..." (the defaults)
-    bad = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(tmp_path / "o2"),
+    bad = subprocess.run(["bash", str(HARNESS / "run.sh"), str(tmp_path / "o2"),
                           "--skip", "train"], capture_output=True, text=True, env=_env())
     assert bad.returncode == 2 and "invalid choice: 'train'" in bad.stderr
 

@@ -1,8 +1,9 @@
-"""Put a GPU run's returned files back together and check them, on any machine:
+"""Put a GPU run's returned files back together and check them, on any machine, from the
+repository's root:
 
-    python benchmarks/gpu_unpack.py FILES_DIR OUT
+    python -m lab.gpu.unpack FILES_DIR OUT
 
-FILES_DIR holds what benchmarks/gpu_run.py left in its OUT_DIR (parts, records.tar.gz,
+FILES_DIR holds what lab/gpu/run.py left in its OUT_DIR (parts, records.tar.gz,
 manifest.json). Every original is joined from its parts into OUT after each part's and the
 whole file's SHA-256 are checked against the manifest; records.tar.gz is unpacked into
 OUT/records; the weights must load with `ddim.checkpoint.load_checkpoint` (and build their
@@ -18,9 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gpu_pack  # noqa: E402
+from lab.gpu import handback
 
 
 def check_weights(path: Path) -> str:
@@ -51,13 +50,13 @@ def check_samples(path: Path) -> str:
 
 def unpack(files: Path, out: Path) -> list[str]:
     """Join, check and unpack everything the manifest names; return the problems found."""
-    manifest = gpu_pack.read_manifest(files)
+    manifest = handback.read_manifest(files)
     out.mkdir(parents=True, exist_ok=True)
     problems = []
     for entry in manifest["files"]:
-        target = out / gpu_pack.check_name(entry["name"])
+        target = out / handback.check_name(entry["name"])
         try:
-            gpu_pack.join_parts(files, entry, target)
+            handback.join_parts(files, entry, target)
             kind = entry.get("kind")
             if kind == "records":
                 with tarfile.open(target) as archive:

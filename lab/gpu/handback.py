@@ -1,6 +1,7 @@
 """What a GPU run hands back, and how it is put together again: files split into parts of at most
-15.5 MiB, a small tar.gz of records, and `manifest.json` with the SHA-256 of every original and
-of every part. benchmarks/gpu_run.py writes them; benchmarks/gpu_unpack.py joins and checks them.
+15.5 MiB (under the harness's limit of 16 MiB a file), a small tar.gz of records, and
+`manifest.json` with the SHA-256 of every original and of every part. lab/gpu/run.py writes them;
+lab/gpu/unpack.py joins and checks them.
 
 Every name is made of letters, digits, '.', '_' and '-', and the folder holds nothing else.
 """
@@ -14,7 +15,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from gpu_plan import PART_BYTES
+from lab.gpu.rules import PART_BYTES
 
 MANIFEST = "manifest.json"
 FORMAT = "ddim-gpu-run/1"

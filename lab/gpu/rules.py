@@ -1,6 +1,6 @@
-"""The decisions of benchmarks/gpu_run.py, as rules on measured numbers: the network width, the
-training batch, whether torch.compile pays, how long to train, and how many sample sets fit in
-what the run hands back. Pure functions of their arguments (no torch), each tested alone.
+"""The decisions of the GPU harness (lab/gpu/run.py), as rules on measured numbers: the network
+width, the training batch, whether torch.compile pays, how long to train, and how many sample sets
+fit in what the run hands back. Pure functions of their arguments (no torch), each tested alone.
 
 Width. Only the width of the shipped model (64) can start from its weights; a wider network
 starts from scratch. A width is eligible when its float16 weights fit the bundled file's limit
@@ -27,7 +27,8 @@ MAX_BUNDLE_BYTES = 20_000_000  # the bundled float16 weights stay under 20 MB
 CONFIG_BATCH = 512  # the batch cifar10-gpu's learning rate and warm-up are set for
 BATCH_TOLERANCE = 0.9  # a batch is as fast as the best when within 10 % of its images/s
 
-# What a run hands back: at most 8 files of at most 16 MiB each, 64 MiB together.
+# This lab's harness limits: the lent machine hands back at most 8 files of at most 16 MiB each,
+# 64 MiB together.
 MAX_FILES = 8
 MAX_TOTAL_BYTES = 64 * MIB
 PART_BYTES = int(15.5 * MIB)  # each file at most this long, under 16 MiB with room to spare

@@ -1,10 +1,12 @@
 """Train and evaluate the CIFAR-10 model on one GPU in one command of a few minutes.
 
-    bash benchmarks/gpu_run.sh OUT_DIR             # 9 minutes on one H100 (--minutes M to change)
-    bash benchmarks/gpu_run.sh OUT_DIR --smoke     # every stage at tiny size, on the CPU
+From the repository's root (lab/gpu/README.md says more):
 
-Before the run, copy the training images into the checkout (`.data/` is git-ignored):
-`cp ../shared/data/cifar10-train.tar.xz .data/` (the 50,000 CIFAR-10 training JPEGs). For the
+    bash lab/gpu/run.sh OUT_DIR --data TAR_XZ            # 9 minutes on one H100 (--minutes M)
+    bash lab/gpu/run.sh OUT_DIR --data TAR_XZ --smoke    # every stage at tiny size, on the CPU
+
+TAR_XZ is the CIFAR-10 training JPEG archive (`cifar10-train.tar.xz`, the 50,000 training JPEGs
+under train/<class>/); --data names it, or the environment variable DDIM_CIFAR10_TAR. For the
 diffusers column of the benchmark on a machine without diffusers, put its wheel in `.whl/`
 (`pip download --no-deps --only-binary=:all: diffusers==0.42.1 -d .whl`); the run installs it
 into a temporary folder, and skips that column with a note where it cannot import.
@@ -18,13 +20,14 @@ Stages, top to bottom; each is recorded, and a stage that fails does not stop th
                path (the default among them), fp32 eager, and diffusers' DDIM loop; then, in
                the stage's time left, bf16 and pure bf16 with cudnn.benchmark, eager and compiled
   plan         training images/s of each width and batch, eager and compiled, for a few seconds
-               each; the rules of gpu_plan.py choose width, batch and compile
+               each; the rules of lab/gpu/rules.py choose width, batch and compile
   train        ddim train --config cifar10-gpu --init bundled, for the time that is left
   sample       the EMA weights as a float16 file; 10,000 DDIM S = 50 η = 0 samples (seeds 0–9,999),
                then Table 1's sets (S ∈ {10, 20, 50} × η = 1, σ̂, η = 0) of 2,000 as fit
-  pack         OUT_DIR: at most 8 files under 16 MiB — weights and samples split into parts,
-               records.tar.gz (logs, bench and plan JSON, the run's records and metrics), and
-               manifest.json (SHA-256 of every original and part); gpu_unpack.py joins them
+  pack         OUT_DIR, within the harness's limits (at most 8 files under 16 MiB): weights and
+               samples split into parts, records.tar.gz (logs, bench and plan JSON, the run's
+               records and metrics), and manifest.json (SHA-256 of every original and part);
+               lab/gpu/unpack.py joins them
 
 The run ends by its deadline (`--minutes` after it starts): the training time is what the stages
 before it left, less what sampling and packing need.
@@ -47,12 +50,10 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+from lab.gpu import handback, rules
 
-import gpu_pack  # noqa: E402
-import gpu_plan  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository's root
+DATA_VARIABLE = "DDIM_CIFAR10_TAR"  # the environment variable that may name --data
 
 WARM_WIDTH = 64  # the width of the shipped model, the only one that can start from its weights
 TRAIN_CONFIG = "cifar10-gpu"
@@ -130,7 +131,7 @@ def npz_bytes(n: int, image_bytes: int = 3 * 32 * 32) -> int:
 class Run:
     """One run: its folders, its log, its deadline, the children it starts and what it records."""
 
-    def __init__(self, out: Path, work: Path, sizes: Sizes, data: Path, wheels: Path,
+    def __init__(self, out: Path, work: Path, sizes: Sizes, data: Path | None, wheels: Path,
                  smoke: bool):  # fmt: skip
         self.out, self.work, self.sizes, self.data, self.wheels = out, work, sizes, data, wheels
         self.start = time.monotonic()
@@ -252,12 +253,12 @@ class Run:
     def _publish(self) -> None:
         _write_json(self.records / "stages.json", self.stages)
         _write_json(self.records / "facts.json", self.facts)
-        gpu_pack.pack_tree(self.records, self.work / "records.tar.gz", "records")
-        entry = gpu_pack.split_file(self.work / "records.tar.gz", self.out, "records.tar.gz")
+        handback.pack_tree(self.records, self.work / "records.tar.gz", "records")
+        entry = handback.split_file(self.work / "records.tar.gz", self.out, "records.tar.gz")
         entry["kind"] = "records"
         run = {"sizes": asdict(self.sizes), "stages": self.stages,
                "seconds": round(time.monotonic() - self.start, 1)}  # fmt: skip
-        gpu_pack.write_manifest(self.out, [*self.returned, entry], run)
+        handback.write_manifest(self.out, [*self.returned, entry], run)
 
 
 class StageFailed(RuntimeError):
@@ -342,8 +343,12 @@ def decode_training_images(run: Run) -> str:
     from ddim.data import load_all, open_dataset
     from ddim.images import save_npz
 
+    wanted = (f"pass the CIFAR-10 training JPEG archive (cifar10-train.tar.xz) as --data PATH "
+              f"or in {DATA_VARIABLE}")
+    if run.data is None:
+        raise StageFailed(f"no training images: {wanted}")
     if not run.data.is_file():
-        raise StageFailed(f"{run.data} is missing: copy ../shared/data/cifar10-train.tar.xz there")
+        raise StageFailed(f"{run.data} is missing: {wanted}")
     began = time.monotonic()
     folder = run.work / "data"
     with tarfile.open(run.data) as archive:
@@ -361,7 +366,7 @@ def decode_training_images(run: Run) -> str:
     images = load_all(dataset, workers=workers, progress=False)
     save_npz(images, run.work / "train.npz")
     run.facts["data"] = {"archive": str(run.data), "images": len(images),
-                         "sha256": gpu_pack.sha256_file(run.data)}  # fmt: skip
+                         "sha256": handback.sha256_file(run.data)}  # fmt: skip
     return f"{len(images):,} training images decoded in {time.monotonic() - began:.1f} s"
 
 
@@ -500,7 +505,7 @@ def plan(run: Run) -> str:
     s = run.sizes
     out = run.records / "measure.json"
     estimate = _training_seconds(run, run.allowed("plan"))
-    command = [sys.executable, str(HERE / "gpu_run.py"), "_measure", "--out", str(out),
+    command = [sys.executable, "-m", "lab.gpu.run", "_measure", "--out", str(out),
                "--config", TRAIN_CONFIG, "--widths", *map(str, s.widths), "--batches",
                *map(str, s.batches), "--batch", str(s.batch), "--seconds", str(s.measure_seconds),
                "--target-images", str(s.target_images), "--train-seconds", f"{estimate:.0f}"]
@@ -521,7 +526,7 @@ def plan(run: Run) -> str:
 
 def _training_seconds(run: Run, before: float) -> float:
     """The training time the deadline leaves once `before` more seconds have passed."""
-    return gpu_plan.training_seconds(run.left() - before, run.allowed("after-training"),
+    return rules.training_seconds(run.left() - before, run.allowed("after-training"),
                                      run.allowed("train-startup"), run.allowed("least-training"))
 
 
@@ -535,7 +540,7 @@ def decide(measured: dict, seconds: float, sizes: Sizes) -> dict:
     use_compile, why = False, "compile not measured"
     if compiled.get("images_per_s") and eager:
         c, rate = compiled["compile_seconds"], compiled["images_per_s"]
-        use_compile = gpu_plan.compile_pays(eager, rate, c, seconds)
+        use_compile = rules.compile_pays(eager, rate, c, seconds)
         why = (f"compile {'pays' if use_compile else 'does not pay'}: {rate:,.0f} against "
                f"{eager:,.0f} img/s eager, {c:.0f} s to compile, {seconds:.0f} s of training")
     rate = compiled.get("images_per_s") if use_compile else eager
@@ -577,7 +582,7 @@ def _train(run: Run, decision: dict, compile: bool, folder: Path) -> str | None:
 
     config = load_config(TRAIN_CONFIG)
     width, batch = decision["width"], decision["batch"]
-    overrides = gpu_plan.batch_overrides(batch, config.training.lr, config.training.warmup)
+    overrides = rules.batch_overrides(batch, config.training.lr, config.training.warmup)
     if width != config.model.ch:
         overrides["model.ch"] = width
     seconds = _training_seconds(run, 0.0)
@@ -649,8 +654,8 @@ def sample(run: Run) -> str:
         raise StageFailed(f"ddim convert --half exit {rc} on {checkpoint}")
     hand_back(run, "weights", weights, weights.name)
     main_bytes = npz_bytes(s.main_n)
-    files = run.files_used() + gpu_plan.parts_of(main_bytes)
-    fit = gpu_plan.sets_that_fit(files, run.bytes_used() + main_bytes, npz_bytes(s.set_n))
+    files = run.files_used() + rules.parts_of(main_bytes)
+    fit = rules.sets_that_fit(files, run.bytes_used() + main_bytes, npz_bytes(s.set_n))
     sets = sample_sets(s)[: 1 + fit]
     commands = [{"name": name, "argv": ["sample", "--ckpt", str(weights), "--n", str(n),
                                         "--seed", "0", "--batch", str(min(n, s.sample_batch)),
@@ -659,7 +664,7 @@ def sample(run: Run) -> str:
     plan_file, record = run.work / "sample-commands.json", run.work / "sample-record.json"
     _write_json(plan_file, commands)
     run.say(f"sampling {len(sets)} sets: " + ", ".join(name for name, _, _ in sets))
-    child = [sys.executable, str(HERE / "gpu_run.py"), "_commands", str(plan_file), str(record)]
+    child = [sys.executable, "-m", "lab.gpu.run", "_commands", str(plan_file), str(record)]
     result = run.child(child, "sample.log", timeout=run.left() - run.allowed("pack"),
                        poll=lambda: hand_back_samples(run, record))  # fmt: skip
     run.say(run.tail("sample.log", 6))
@@ -689,10 +694,10 @@ def hand_back(run: Run, kind: str, path: Path, name: str) -> bool:
     """Split `path` into OUT_DIR and rewrite the manifest, if it fits beside what is there."""
     size = path.stat().st_size
     run.handled[name] = "did not fit"
-    if gpu_plan.sets_that_fit(run.files_used(), run.bytes_used(), size) < 1:
+    if rules.sets_that_fit(run.files_used(), run.bytes_used(), size) < 1:
         run.say(f"{name}: {size / 2**20:.2f} MiB does not fit in what is handed back")
         return False
-    entry = gpu_pack.split_file(path, run.out, name)
+    entry = handback.split_file(path, run.out, name)
     entry["kind"] = kind
     run.returned.append(entry)
     run.handled[name] = "handed back"
@@ -737,8 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every stage at tiny size (CPU)")
     parser.add_argument("--minutes", type=float,
                         help="the whole run (default 9; smoke 10, which ends long before)")
-    parser.add_argument("--data", type=Path, default=ROOT / ".data" / "cifar10-train.tar.xz",
-                        help="the training JPEGs as .tar.xz (default .data/cifar10-train.tar.xz)")
+    parser.add_argument("--data", type=Path, default=os.environ.get(DATA_VARIABLE) or None,
+                        help="the CIFAR-10 training JPEG archive (cifar10-train.tar.xz); "
+                             f"default: the environment variable {DATA_VARIABLE}")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl",
                         help="folder of wheels to install for the run (default .whl)")
     parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
@@ -755,9 +761,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.out} is not empty: the run hands back only its own files there")
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(__import__("tempfile").mkdtemp(prefix="ddim-gpu-run-"))
-    run = Run(args.out.resolve(), work.resolve(), sizes, args.data.resolve(), args.wheels.resolve(),
-              args.smoke)
-    run.say(f"gpu_run: {'smoke run' if args.smoke else 'GPU run'}, {sizes.minutes:g} minutes, "
+    data = args.data.resolve() if args.data else None
+    run = Run(args.out.resolve(), work.resolve(), sizes, data, args.wheels.resolve(), args.smoke)
+    run.say(f"GPU harness: {'smoke run' if args.smoke else 'GPU run'}, {sizes.minutes:g} minutes, "
             f"out {run.out}, work {run.work}")
     _on_signals(run)
     for name, fn in STAGES:
@@ -804,7 +810,7 @@ def summary(run: Run) -> str:
 def measure_main(argv: list[str]) -> int:
     """Training images/s of each width (at --batch), of each batch (at the shipped width), and
     of the chosen one compiled; the width and batch rules applied; JSON written after each."""
-    p = argparse.ArgumentParser(prog="gpu_run.py _measure")
+    p = argparse.ArgumentParser(prog="python -m lab.gpu.run _measure")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", required=True)
     p.add_argument("--widths", type=int, nargs="+", required=True)
@@ -847,12 +853,12 @@ def measure_main(argv: list[str]) -> int:
             _write_json(args.out, record)
     by_width = {r["width"]: r["images_per_s"] for r in record["eager"] if r["batch"] == args.batch}
     parameters = {int(k): v for k, v in record["parameters"].items()}
-    width, record["width_reason"] = gpu_plan.choose_width(
+    width, record["width_reason"] = rules.choose_width(
         by_width, parameters, args.train_seconds, target_images=args.target_images)
     batch, record["batch_reason"] = args.batch, "the config's batch (other widths: one batch)"
     if width == warm:
         by_batch = {r["batch"]: r["images_per_s"] for r in record["eager"] if r["width"] == warm}
-        batch, record["batch_reason"] = gpu_plan.choose_batch(by_batch)
+        batch, record["batch_reason"] = rules.choose_batch(by_batch)
     record |= {"width": width, "batch": batch, "chosen_eager_images_per_s": next(
         r["images_per_s"] for r in record["eager"] if (r["width"], r["batch"]) == (width, batch))}
     _write_json(args.out, record)
