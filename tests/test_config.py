@@ -97,7 +97,7 @@ def test_celeba_church_bedroom_have_the_official_values():
     celeba = load_config("celeba")
     assert celeba.model.ch_mult == (1, 2, 2, 2, 4) and celeba.data.image_size == 64
     assert celeba.model.dropout == 0.1 and celeba.model.ema_rate == 0.9999
-    for name in ("church", "bedroom"):
+    for name in ("church", "bedroom", "cat"):
         c = load_config(name)
         assert c.model.ch_mult == (1, 1, 2, 2, 4, 4) and c.model.attn_resolutions == (16,)
         assert (c.model.dropout, c.model.var_type, c.model.ema_rate) == (0.0, "fixedsmall", 0.999)

@@ -19,6 +19,7 @@ LAYERS = {
     "files": 1,
     "device": 1,
     "progress": 1,
+    "hub": 2,
     "diffusion": 2,
     "config": 3,
     "network": 4,

@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddim.data import open_dataset
 from ddim.errors import DdimError
 from ddim.files import atomic_write, cached_file_sha256, load_npz_arrays
+from ddim.hub import cache_lock, cache_root, data_source
 from ddim.progress import progress_bar
 
 CONVENTION = "legacy_tensorflow"
@@ -543,6 +546,49 @@ def check_compatible(stats: FidStats, name: str = "reference stats") -> None:
         )
     if stats.convention != CONVENTION:
         raise DdimError(f"{name}: FID convention '{stats.convention}', not '{CONVENTION}'; {redo}")
+
+
+# --- reference statistics by name --------------------------------------------------------------
+
+# name -> (dataset name, split): the references `--ref` takes by name, made once into the cache
+REFERENCES = {"cifar10-train": ("cifar10", "train"), "cifar10-test": ("cifar10", "test")}
+
+
+def reference_file(
+    ref: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Path:
+    """The stats file `ref` names: a file as given, or a reference by name (`REFERENCES`) from
+    the cache, made the first time from its dataset (fetched by name too), its source and the
+    archive's checksum recorded in the file. A file of that name, where there is one, comes
+    first."""
+    if Path(ref).exists() or str(ref) not in REFERENCES:
+        return Path(ref)
+    target = cache_root() / "fid-refs" / f"{ref}.npz"
+    with cache_lock(target, str(ref)):  # two processes asking at once compute it once
+        if not target.is_file():
+            _make_named_reference(str(ref), target, device, batch_size, progress)
+    return target
+
+
+def _make_named_reference(name: str, target: Path, device, batch_size: int, progress: bool):
+    """Compute the named reference `name` into `target` (all the images of its split)."""
+    dataset_name, split = REFERENCES[name]
+    dataset = open_dataset(dataset_name, subdir=split, progress=progress)
+    archive = data_source(dataset_name)
+    c, r = dataset.channels, dataset.resolution
+    source = (f"{dataset.source}: {len(dataset)} images, {c}x{r}x{r} uint8 (from {archive.url}, "
+              f"MD5 {archive.md5})")  # fmt: skip
+    if progress:
+        print(f"computing the reference statistics {name} once: {source}", file=sys.stderr)
+    images = dataset.as_array()
+    compute_reference(
+        dataset if images is None else images, target, source=source, device=device,
+        batch_size=batch_size, progress=progress, resolution=r,
+    )  # fmt: skip
 
 
 # --- the two steps -----------------------------------------------------------------------------

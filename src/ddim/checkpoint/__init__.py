@@ -4,12 +4,13 @@
     format    our safetensors format (weights + config + training state), atomic and verified
     foreign   the official `ckpt.pth`, plain state_dicts and bare weights (config inferred)
     diffusers the diffusers layout, both ways
+    named     what a checkpoint argument names: a path, a run directory, `bundled`, the paper's
+              pretrained weights by name, a hub id
     load      `load_checkpoint` (any kind, by its bytes), `load_model`, a checkpoint's hash
 """
 
 from ddim.checkpoint.format import remove_checkpoint, save_checkpoint
 from ddim.checkpoint.load import (
-    bundled_checkpoint,
     checkpoint_sha256,
     config_for_foreign,
     load_checkpoint,
@@ -17,6 +18,7 @@ from ddim.checkpoint.load import (
     model_from_checkpoint,
     provenance,
 )
+from ddim.checkpoint.named import bundled_checkpoint, resolve_checkpoint
 from ddim.checkpoint.weights import Checkpoint
 
 __all__ = [
@@ -29,5 +31,6 @@ __all__ = [
     "model_from_checkpoint",
     "provenance",
     "remove_checkpoint",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -424,7 +424,11 @@ def load_diffusers_folder(folder: str | Path) -> Checkpoint:
     model, image_size = model_config_from_diffusers(unet, str(unet_dir / "config.json"))
     state = from_diffusers_state(_read_diffusers_weights(unet_dir))
     check_weights_fit(state, model, image_size, str(unet_dir))
+    # a pipeline keeps its scheduler in scheduler/; a bare U-Net repository (as on the hub:
+    # google/ddpm-cifar10-32) beside its config.json
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if unet_dir == folder:
+        scheduler_file = folder / "scheduler_config.json"
     config = None
     if scheduler_file.is_file():
         config = config_from_diffusers(

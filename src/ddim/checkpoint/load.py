@@ -30,20 +30,25 @@ import torch
 from ddim.checkpoint.diffusers import load_diffusers_folder
 from ddim.checkpoint.foreign import foreign_checkpoint, load_pickle, official_names
 from ddim.checkpoint.format import from_ours, is_ours, read_safetensors
+from ddim.checkpoint.named import BUNDLED_NAME, bundled_path, resolve_checkpoint
 from ddim.checkpoint.weights import Checkpoint, check_finite, check_weights_fit
 from ddim.config import Config, DataConfig, load_config, sampling_differences
 from ddim.errors import DdimError
 from ddim.files import cached_file_sha256, path_sha256
 from ddim.network.unet import UNet
 
-BUNDLED = "cifar10-32px.safetensors"  # the EMA weights of the CIFAR-10 CPU run, float16
-
 
 def load_checkpoint(path: str | Path, *, config: Config | str | None = None) -> Checkpoint:
-    """Read any supported checkpoint kind; `config` (Config or name) is for checkpoints that
-    record none, and must agree with a recorded one."""
-    checkpoint = _read_checkpoint(Path(path))
+    """Read any supported checkpoint kind, from a path or a name (`resolve_checkpoint`: a run
+    directory, `bundled`, the paper's pretrained weights, a hub id); `config` (Config or name)
+    is for checkpoints that record none, and must agree with a recorded one. A pretrained name
+    brings the config of its network unless one is given."""
+    named = resolve_checkpoint(path)
+    checkpoint = _read_checkpoint(named.path)
     check_finite(checkpoint)
+    if named.name is not None:
+        checkpoint.meta["name"] = named.name
+    config = config if config is not None else named.config
     if config is not None:
         return _with_config(checkpoint, config)
     if checkpoint.config is None:
@@ -134,6 +139,8 @@ def provenance(checkpoint: Checkpoint, *, use_ema: bool = True) -> dict[str, str
     }
     if "inferred" in checkpoint.meta:
         record["inferred"] = checkpoint.meta["inferred"]
+    if "name" in checkpoint.meta:
+        record["name"] = checkpoint.meta["name"]
     return record
 
 
@@ -170,16 +177,14 @@ def config_for_foreign(checkpoint: Checkpoint) -> Config:
     return Config(model=model, data=data)
 
 
-def bundled_checkpoint() -> Path:
-    """The model that ships with the package (used when no checkpoint is named)."""
-    path = Path(__file__).resolve().parents[1] / "assets" / BUNDLED
-    if not path.is_file():
-        raise DdimError("ckpt is not given, and this installation has no bundled model",
-                        argument="ckpt")
-    return path
+def checkpoint_name(path: str | Path) -> str:
+    """How a checkpoint records its source: `bundled` for the model that ships with the
+    package, any other file as given (a record names no installation's folders)."""
+    return BUNDLED_NAME if Path(path).resolve() == bundled_path() else str(path)
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file (computed once per process) or of a diffusers folder."""
-    path = Path(path).resolve()
+    """SHA-256 of a checkpoint file (computed once per process) or of a diffusers folder, given
+    by path or by name (`resolve_checkpoint`)."""
+    path = resolve_checkpoint(path).path.resolve()
     return path_sha256(path) if path.is_dir() else cached_file_sha256(str(path))

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddim.data import SELECTION  # noqa: F401  (recorded by the commands that take --n images)
+from ddim.data import (
+    SELECTION,  # noqa: F401  (recorded by the commands that take --n images)
+    is_dataset_name,
+)
 from ddim.diffusion.schedule import SKIP_KINDS
 from ddim.errors import DdimError
 from ddim.network.precision import PRECISIONS
@@ -24,7 +27,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     that load a model."""
     parser.add_argument(
         "--ckpt",
-        help="checkpoint: ours, official ckpt.pth, .ckpt (default: the bundled model, if any)",
+        help="checkpoint: a file (ours, official ckpt.pth, .ckpt), a diffusers folder, a run "
+             "directory (its newest checkpoint), a name (bundled, ema_cifar10, cifar10, "
+             "[ema_]lsun_{bedroom,cat,church}: fetched once, `ddim cache list`) or a Hugging "
+             "Face hub id (default: the bundled model)",
     )
     parser.add_argument("--config", help="config name/YAML for checkpoints that carry none")
     parser.add_argument("--raw", action="store_true",
@@ -69,7 +75,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
 def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None = None) -> None:
     """--images, --subdir, --n, --batch: which dataset images to read, and how many at once."""
     parser.add_argument("--images", required=True,
-                        help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz")
+                        help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz, "
+                             "or a name (cifar10, with --subdir train or test)")
     parser.add_argument("--subdir", help="part of the dataset (CIFAR-10: train/test; zip folder)")
     parser.add_argument("--n", type=int, default=n_default,
                         help=f"use N images evenly spread through the dataset (default: "
@@ -102,12 +109,23 @@ def picture_output(path: str, command: str):
 
 
 def data_overrides(data: str | None, subdir: str | None) -> list[str]:
-    """`data.path` and `data.subdir` overrides from --data and --subdir (the path made absolute)."""
-    overrides = [f"data.path={Path(data).resolve()}"] if data else []
+    """`data.path` and `data.subdir` overrides from --data and --subdir: a path made absolute,
+    a dataset name (`cifar10`, where no file of that name is here) kept as the name."""
+    named = data is not None and not Path(data).exists() and is_dataset_name(data)
+    overrides = [f"data.path={data if named else Path(data).resolve()}"] if data else []
     return overrides + ([f"data.subdir={subdir}"] if subdir else [])
 
 
 # --- what the flags become ---------------------------------------------------------------------
+
+
+def device_from_flag(name: str | None):
+    """The torch device --device names, or cuda when available, else cpu."""
+    import torch
+
+    from ddim.device import parse_device
+
+    return parse_device(name) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_from_flags(args, device=None):

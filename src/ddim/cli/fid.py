@@ -9,11 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ddim.cli._common import SELECTION, SPREAD_HELP, add_overwrite_argument, check_count
+from ddim.cli._common import (
+    SELECTION,
+    SPREAD_HELP,
+    add_overwrite_argument,
+    check_count,
+    device_from_flag,
+)
 from ddim.errors import DdimError
-from ddim.fid import KID_FEATURES
+from ddim.fid import KID_FEATURES, REFERENCES
 
 HELP = ("Fréchet and Kernel Inception Distances: `ref` makes dataset statistics, `calc` scores "
         "images.")
@@ -53,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subs = parser.add_subparsers(dest="fid_command", metavar="{ref,calc}", required=True)
     ref = _subparser(subs, "ref", "Compute Inception statistics of a dataset, with a random "
                      f"{KID_FEATURES:,} of its features for KID (.npz).", REF_EXAMPLE)
-    ref.add_argument("data", help="image folder, zip, cifar-10-batches-py folder or NHWC .npz")
+    ref.add_argument("data", help="image folder, zip, cifar-10-batches-py folder or NHWC .npz, "
+                     "or a dataset name (cifar10, with --subdir train or test)")
     ref.add_argument("-o", "--out", required=True, help="output stats file (.npz)")
     _add_common(ref)
     ref.set_defaults(_fid_run=run_ref)
@@ -61,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       CALC_EXAMPLE)
     calc.add_argument("images", help="image folder, zip or NHWC .npz of generated images, or a "
                       "`ddim sample` output folder (its samples.npz)")
-    calc.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
+    calc.add_argument("--ref", required=True,
+                      help="reference stats: a file from `ddim fid ref` (.npz), or a name "
+                           f"({', '.join(REFERENCES)}: made once into the cache)")
     calc.add_argument("--json", default=None,
                       help="where to write the result (default: IMAGES-fid.json beside IMAGES)")
     _add_common(calc)
@@ -75,13 +82,6 @@ def run(args: argparse.Namespace) -> int | None:
     if args.n is not None:
         check_count(args.n, "--n", least=2)
     return args._fid_run(args)
-
-
-def _device(name: str | None) -> torch.device:
-    """The requested device, or cuda when available, else cpu."""
-    from ddim.device import parse_device
-
-    return parse_device(name) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def sample_folder_images(path: str) -> str:
@@ -175,7 +175,7 @@ def run_ref(args: argparse.Namespace) -> int:
     from ddim.files import claim_output, file_output
 
     fid.inception_path()  # fail early without the optional extra
-    device = _device(args.device)
+    device = device_from_flag(args.device)
     images, source, dataset = _open(args.data, args)
     settings = _data_settings(dataset, args)
     with claim_output(file_output(args.out, command="fid ref"), settings,
@@ -202,12 +202,13 @@ def run_calc(args: argparse.Namespace) -> int:
     from ddim import fid
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
-    ref = fid.load_stats(args.ref)
-    device = _device(args.device)
-    images, source, dataset = _open(sample_folder_images(args.images), args)
+    device = device_from_flag(args.device)
+    images, source, dataset = _open(sample_folder_images(args.images), args)  # cheap: first
+    ref_file = fid.reference_file(args.ref, device=device, batch_size=args.batch)
+    ref = fid.load_stats(ref_file)
     fid.check_resolution(ref, dataset.resolution, str(args.ref))
     out = _json_path(args.images, args.json)
-    settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(args.ref)}
+    settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(ref_file)}
     with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
         gen = fid.stats_from_images(
@@ -215,7 +216,7 @@ def run_calc(args: argparse.Namespace) -> int:
             keep_features=None,  # all of them, for KID
         )
         score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
-        kid, kid_text = _kid(gen, ref, args.ref)
+        kid, kid_text = _kid(gen, ref, ref_file)
         result = {
             "fid": score, "kid": kid, "n": gen.n, "images": gen.source, "ref": str(args.ref),
             "ref_source": ref.source, "ref_n": ref.n, "network_sha256": gen.network_sha256,

@@ -34,7 +34,9 @@ OWNED = ("table.json", "table.md", "fid_vs_steps.png")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim table`."""
     add_model_arguments(parser)
-    parser.add_argument("--ref", required=True, help="reference stats from `ddim fid ref` (.npz)")
+    parser.add_argument("--ref", required=True,
+                        help="reference stats: a file from `ddim fid ref` (.npz), or a name "
+                             "(cifar10-train, cifar10-test: made once into the cache)")
     parser.add_argument("--n", type=int, default=50_000, help="images per cell (50000)")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000],
                         help="S values, the columns (10 20 50 100 1000)")
@@ -70,7 +72,7 @@ def table_settings(args, model, ref_stats, skip: str) -> dict:
         "seeds": [args.seed, args.seed + args.n - 1],
         "skip": skip, "skip_at_S_equal_T": "uniform (all T steps)",
         "clip_x0": "off for DDIM and 2M, on for DDPM sigma_hat (the official code)",
-        "reference": {"sha256": cached_file_sha256(str(Path(args.ref).resolve())),
+        "reference": {"sha256": cached_file_sha256(str(Path(args.ref_file).resolve())),
                       "n": ref_stats.n, "source": ref_stats.source,
                       "network_sha256": ref_stats.network_sha256,
                       "convention": ref_stats.convention},
@@ -101,10 +103,12 @@ def run(args) -> int:
         table_markdown,
         table_rows,
     )
+    from ddim.fid import reference_file
     from ddim.files import claim_output, folder_output
 
     _check(args)
     model = model_from_flags(args)
+    args.ref_file = reference_file(args.ref, device=model.device, batch_size=args.batch or 64)
     config = model.config
     skip = args.skip or default_skip(config)
     rows = table_rows(args.etas or [], args.sigma_hat, args.dpmpp_2m)
@@ -116,7 +120,7 @@ def run(args) -> int:
     with claim_output(output, recorded, overwrite=args.overwrite):
         record = resume_record(out / "table.json", recorded)
         record["inputs"] = {"checkpoint": model.checkpoint, "reference": str(args.ref)}
-        record["kid_unavailable"] = _kid_unavailable(ref_stats, args.ref)
+        record["kid_unavailable"] = _kid_unavailable(ref_stats, args.ref_file)
         with progress_bar(total=len(cells), unit="cell", desc="table") as bar:
             record = run_table(cells, score, record, lambda r: write_outputs(r, out),
                                progress=lambda key, found: _count(bar, key, found))
@@ -135,7 +139,7 @@ def _scorer(args, model):
 
     config = model.config
     batch, shape = batch_size(config, args.batch), image_shape(config)
-    ref_stats = load_stats(args.ref)
+    ref_stats = load_stats(args.ref_file)
     check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     seeds = list(range(args.seed, args.seed + args.n))
 

@@ -45,7 +45,7 @@ MAX_TIMESTEPS = 1_000_000  # T: the schedule is made (8 MB) when the config is r
 
 # The configs packaged as ddim/configs/<name>.yml.
 CONFIG_NAMES: tuple[str, ...] = (
-    "cifar10", "celeba", "church", "bedroom", "tiny", "cifar10-cpu", "cifar10-gpu"
+    "cifar10", "celeba", "church", "bedroom", "cat", "tiny", "cifar10-cpu", "cifar10-gpu"
 )
 
 

@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddim.data.named import CIFAR_FOLDER, CIFAR_SPLITS, is_dataset_name, named_dataset_folder
 from ddim.data.pixels import Crop, fit_image
 from ddim.errors import DdimError
 from ddim.files import load_npz_arrays, npz_headers
+from ddim.hub import DATA
 from ddim.progress import progress_bar
 
 CACHE_VERSION = 1  # part of a dataset's fingerprint, the key of its decoded cache (data.cache)
@@ -47,8 +49,6 @@ OnError = Literal["raise", "skip"]
 Kind = Literal["cifar", "folder", "zip", "npz"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_SPLITS = {"train": tuple(f"data_batch_{k}" for k in range(1, 6)), "test": ("test_batch",)}
 
 # What a broken image file can raise while being read and decoded (PIL, zip member CRC, deflate).
 _DECODE_ERRORS = (
@@ -116,8 +116,9 @@ class ImageDataset(torch.utils.data.Dataset):
         on_error: OnError = "raise",
         progress: bool = True,
         archive: zipfile.ZipFile | None = None,
+        name: str | None = None,
     ):
-        self.kind, self.path, self.subdir = kind, path, subdir
+        self.kind, self.path, self.subdir, self.name = kind, path, subdir, name
         self._members = tuple(members)  # file kinds: posix names relative to the folder or zip
         self._array = array  # array kinds: (N, H, W, 3) uint8
         self._parts = tuple(parts)  # array kinds: (label, count) of each file, for naming items
@@ -141,8 +142,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     @property
     def source(self) -> str:
-        """The path (and sub-folder or key) this dataset reads, for messages."""
-        return str(self.path) if self.subdir is None else f"{self.path} [{self.subdir}]"
+        """The name or path (and sub-folder or key) this dataset reads, for messages and records."""
+        where = self.name or str(self.path)
+        return where if self.subdir is None else f"{where} [{self.subdir}]"
 
     def __len__(self) -> int:
         """Number of images."""
@@ -289,7 +291,9 @@ def open_dataset(
     progress: bool = True,
     channels: int = 3,
 ) -> ImageDataset:
-    """Open images from a cifar-10-batches-py folder, an image folder, a zip or an .npz file.
+    """Open images from a cifar-10-batches-py folder, an image folder, a zip or an .npz file, or
+    a dataset by name (`cifar10`: fetched and unpacked into the cache once, `ddim.data.named`;
+    a file or folder of that name, where there is one, comes first).
 
     subdir picks a part: "train"/"test" of CIFAR-10 (None = the only split there is), a
     sub-folder of a folder or zip (None = all of it, recursively, sorted by path), or the array
@@ -305,10 +309,13 @@ def open_dataset(
             f"channels={channels!r} (data.channels) was asked of {path}, but ddim's datasets "
             "give RGB images (3 channels): a network of other channels cannot read them"
         )
-    path = Path(path)
     options = dict(resolution=resolution, crop=crop, on_error=on_error, progress=progress)
+    if not Path(path).exists() and is_dataset_name(str(path)):  # a file of that name comes first
+        return _open_named(str(path), subdir, options)
+    path = Path(path)
     if not path.exists():
-        raise DdimError(f"dataset not found: {path}")
+        raise DdimError(f"dataset not found: {path} (a folder, zip or .npz, or a dataset name: "
+                        f"{', '.join(DATA)})")
     if path.is_dir():
         cifar = _find_cifar_folder(path)
         if cifar is not None:
@@ -333,6 +340,16 @@ def open_dataset(
         return ImageDataset("npz", path, subdir=key, array=array, parts=parts, files=[path],
                             **options)
     raise DdimError(f"{path} is not a folder, .zip or .npz of images nor a {CIFAR_FOLDER} folder")
+
+
+def _open_named(name: str, subdir: str | None, options: dict) -> ImageDataset:
+    """A dataset by name (`ddim.data.named`), its split checked before anything is fetched."""
+    if subdir is None:
+        _refuse_mixed_splits(Path(name), None, list(CIFAR_SPLITS))
+    if subdir not in CIFAR_SPLITS:
+        raise DdimError(f"subdir for {name} must be 'train' or 'test', got {subdir!r}")
+    folder = named_dataset_folder(name, progress=options["progress"])
+    return _open_cifar(folder, subdir, options, name=name)
 
 
 def _check_options(resolution: int | None, crop: str, on_error: str) -> None:
@@ -458,7 +475,9 @@ def _find_cifar_folder(path: Path) -> Path | None:
     return None
 
 
-def _open_cifar(folder: Path, subdir: str | None, options: dict) -> ImageDataset:
+def _open_cifar(
+    folder: Path, subdir: str | None, options: dict, name: str | None = None
+) -> ImageDataset:
     """Dataset of the CIFAR-10 train batches or the test batch (subdir=None: the one present)."""
     if subdir is not None and subdir not in CIFAR_SPLITS:
         raise DdimError(f"subdir for {folder} must be 'train' or 'test', got {subdir!r}")
@@ -476,7 +495,7 @@ def _open_cifar(folder: Path, subdir: str | None, options: dict) -> ImageDataset
     parts = [(str(file), len(array)) for file, array in zip(files, arrays, strict=True)]
     options = dict(options, on_error="raise")  # decoded arrays: nothing can be unreadable
     return ImageDataset("cifar", folder, subdir=subdir, array=np.concatenate(arrays),
-                        parts=parts, files=files, **options)
+                        parts=parts, files=files, name=name, **options)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -30,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddim.checkpoint import load_checkpoint, remove_checkpoint
+from ddim.checkpoint.named import checkpoint_step, run_checkpoints
 from ddim.errors import DdimError
 from ddim.files import folder_lock, write_text
 
-CHECKPOINT_GLOB = "ckpt-*.safetensors"
 RUN_RECORD = "run.json"
 RUN_OUTPUTS = (
     "checkpoints", "samples", "tensorboard", "metrics.jsonl", "config.yml", RUN_RECORD, "init.json"
 )
-_STEP = re.compile(r"ckpt-(\d+)\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -87,19 +85,6 @@ def write_run_record(run_dir: Path, options: RunOptions, branched_from: dict | N
     record = {"options": dataclasses.asdict(options),
               "branched_from": branched_from or previous.get("branched_from")}  # fmt: skip
     write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step in a checkpoint's file name (`ckpt-<step>.safetensors`)."""
-    match = _STEP.search(Path(path).name)
-    if match is None:
-        raise DdimError(f"{path} is not named like a run's checkpoint (ckpt-<step>.safetensors)")
-    return int(match.group(1))
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """A run directory's checkpoints, by step (the one order for resuming and pruning)."""
-    return sorted((Path(run_dir) / "checkpoints").glob(CHECKPOINT_GLOB), key=checkpoint_step)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
