@@ -380,7 +380,7 @@ def sample_dpmpp_2m(
     probability-flow ODE to second order in λ, with DDIM's one network call per timestep.
 
     `steps` and `skip` are as for `sample` ("logsnr", uniform in λ, is DPM-Solver's spacing and
-    the one on which the second order shows; see docs/samplers.md). The first step (no previous
+    the one on which the second order shows; see docs/sampling.md). The first step (no previous
     prediction yet) and the last (into clean data, h = ∞) are DDIM's η = 0 steps. Deterministic;
     x_0 clipping is off by default, as for DDIM.
     """
