@@ -3,15 +3,16 @@ seen and CPU hours, so the trend says what more training would buy.
 
 Each checkpoint's EMA network samples the same N seeds with the same sampler (DDIM, η = 0, S = 50,
 `quad` by default: the run's own sampling settings), the images are scored in memory as they come,
-and one row per checkpoint is appended to OUT/curve.jsonl (a rerun skips the files, by SHA-256,
-already scored at these settings), then OUT/curve.md and OUT/curve.png are rewritten. The images
-seen and CPU hours are the weights' lineage as their file records it (a warm start's earlier runs
-included), so the runs of one lineage, scored at different times and on different machines, add
-up to one curve in one OUT; each run is a series, named by `--label` (default: its run
-directory). A lineage with GPU training stays off the CPU-hours panel (`--gpu`). Usage:
+and one row per checkpoint is appended to OUT/curve.jsonl, naming the file by its name and SHA-256,
+never by its folder (a rerun skips the files, by SHA-256, already scored at these settings), then
+OUT/curve.md and OUT/curve.png are rewritten. The images seen and CPU hours are the weights'
+lineage as their file records it (a warm start's earlier runs included), so the runs of one
+lineage, scored at different times and on different machines, add up to one curve in one OUT;
+each run is a series, named by `--label` (default: its run directory). A lineage with GPU
+training stays off the CPU-hours panel (`--gpu`). Usage:
 
     python benchmarks/fid_curve.py RUN/checkpoints/ckpt-*.safetensors \\
-        --ref refs/cifar10-test.npz --n 500 -o docs/fid-curve
+        --ref refs/cifar10-test.npz --n 500 -o lab/notebook/fid-curve
 """
 
 import argparse
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ddim.checkpoint import load_checkpoint, model_from_checkpoint
-from ddim.checkpoint.load import bundled_checkpoint, checkpoint_sha256
+from ddim.checkpoint import (
+    bundled_checkpoint,
+    checkpoint_sha256,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from ddim.experiments.report import Panel, save_plot
 from ddim.fid import compute_fid, load_stats
 from ddim.files import write_text
@@ -52,7 +57,7 @@ def score(path: Path, ref, args, device: torch.device, precision) -> dict:
     images = iterate_images(eps_model, sampler, seeds, shape, batch=args.batch, device=device)
     fid = compute_fid(images, ref, device=device, batch_size=args.batch, total=args.n)
     return {
-        "ckpt": str(path), "label": args.label or run_label(path), "step": checkpoint.step,
+        "ckpt": path.name, "label": args.label or run_label(path), "step": checkpoint.step,
         "images_seen": checkpoint.images_seen,
         "cpu_hours": None if args.gpu else cpu_hours(checkpoint.cpu_hours, args.hours_before),
         "fid": fid,

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny untrained checkpoint that every CLI test can sample from, synthetic
 training images, small training configs and command lines, and a demo run at reduced size."""
 
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +149,24 @@ def cli_train():
 def small_demo():
     """Demo settings that run in seconds."""
     return SMALL_DEMO
+
+
+# --- real data, where a machine has it ---------------------------------------------------------
+
+CIFAR10_ZIP_VARIABLE = "DDIM_TEST_CIFAR10_ZIP"
+
+
+@pytest.fixture
+def cifar10_jpeg_zip():
+    """The CIFAR-10 JPEG zip (train/ and test/ class folders) that $DDIM_TEST_CIFAR10_ZIP names;
+    the test is skipped where the variable is unset or names no file."""
+    value = os.environ.get(CIFAR10_ZIP_VARIABLE)
+    if not value:
+        pytest.skip(f"{CIFAR10_ZIP_VARIABLE} is not set (the path of the CIFAR-10 JPEG zip)")
+    path = Path(value)
+    if not path.is_file():
+        pytest.skip(f"{CIFAR10_ZIP_VARIABLE} names no file: {value}")
+    return path
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import pickle
 import struct
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,6 @@ from PIL import Image
 from ddim.data import load_all, open_dataset
 from ddim.data.datasets import read_cifar_batch
 from ddim.errors import DdimError
-
-REAL_ZIP = Path("/work/shared/data/cifar10-jpeg.zip")
 
 
 def png_bytes(array, fmt="PNG"):
@@ -279,17 +276,16 @@ def test_cifar_batch_without_uint8_data_is_rejected(tmp_path):
 # --- the real CIFAR-10 JPEG zip ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL_ZIP.is_file(), reason="cifar10-jpeg.zip not present")
-def test_real_cifar10_jpeg_zip_test_split():
+def test_real_cifar10_jpeg_zip_test_split(cifar10_jpeg_zip):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # real CIFAR JPEGs are RGB: no conversion warnings
-        ds = open_dataset(REAL_ZIP, subdir="test")
+        ds = open_dataset(cifar10_jpeg_zip, subdir="test")
         assert (len(ds), ds.resolution, ds.channels) == (10_000, 32, 3)
         for i in (0, 4_321, 9_999):
             image = ds[i]
             assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
             assert image.float().std() > 1  # a real picture, not a constant
-    assert ds.item_name(0) == f"test/airplane/0000.jpg in {REAL_ZIP}"
+    assert ds.item_name(0) == f"test/airplane/0000.jpg in {cifar10_jpeg_zip}"
     assert ds.item_name(9_999).startswith("test/truck/")
 
 

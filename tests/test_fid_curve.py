@@ -1,6 +1,7 @@
 """benchmarks/fid_curve.py: one row per checkpoint, resumable, a table and a plot; the images seen
 are the weights' lineage, and a later run of the lineage is appended as its own series."""
 
+import hashlib
 import json
 import math
 import subprocess
@@ -31,6 +32,8 @@ def test_fid_curve_scores_each_checkpoint_once(tmp_path, tiny_checkpoint):
     lines = (tmp_path / "curve" / "curve.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 1 and rows[0]["images_seen"] == 0 and math.isfinite(rows[0]["fid"])
+    assert rows[0]["ckpt"] == "tiny.safetensors"  # a name and a hash, no folder
+    assert rows[0]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
     assert "| 0 | 0 |" in (tmp_path / "curve" / "curve.md").read_text()
 

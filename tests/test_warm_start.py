@@ -60,7 +60,7 @@ def test_a_warm_start_samples_at_step_zero_what_its_checkpoint_samples(tmp_path)
                                rtol=0, atol=0)
     assert not torch.equal(samples(state.ema, config), samples(state.net, config))
     # the record: where from, and the images the weights had seen (step x the source's batch)
-    assert origin["path"] == str(path.resolve()) and origin["step"] == 7
+    assert origin["path"] == str(path) and origin["step"] == 7
     assert origin["images_seen"] == 7 * 8 and state.images == 56 and len(origin["sha256"]) == 64
 
 
@@ -74,6 +74,7 @@ def test_the_bundled_float16_file_starts_a_float32_run_with_its_weights_as_both_
         assert torch.equal(state.net.state_dict()[name], value)
         assert torch.equal(state.ema.state_dict()[name], value)
     assert origin["weights"] == "one set (both)" and origin["images_seen"] == BUNDLED_IMAGES_SEEN
+    assert origin["path"] == "bundled"  # a name, not where this installation keeps it
 
 
 def test_the_gpu_config_has_the_bundled_network_and_starts_from_its_weights():
@@ -100,6 +101,21 @@ def test_a_float16_conversion_keeps_the_images_its_weights_have_seen(tmp_path):
     started = start_state(config, CPU, init=half)
     assert started.origin["images_seen"] == 256_056 and started.origin["cpu_hours"] == 2.5
     assert load_checkpoint(half).meta["extra"]["init"] == origin
+
+
+def test_records_name_a_file_as_given_and_the_bundled_model_by_name(tmp_path, monkeypatch):
+    config = config32()
+    net, _ = two_nets(config)
+    save_checkpoint(tmp_path / "a.safetensors", model_state=net.state_dict(), config=config,
+                    step=3)
+    monkeypatch.chdir(tmp_path)
+    started = start_state(config, CPU, init="a.safetensors")
+    assert started.origin["path"] == "a.safetensors"  # relative, as given: never made absolute
+    assert ddim.cli.main(["convert", "a.safetensors", "b.safetensors"]) == 0
+    assert load_checkpoint("b.safetensors").meta["extra"]["converted_from"] == "a.safetensors"
+    assert ddim.cli.main(["convert", str(bundled_checkpoint()), "c.safetensors"]) == 0
+    converted = load_checkpoint("c.safetensors").meta["extra"]
+    assert converted["converted_from"] == "bundled" and "init" in converted
 
 
 def test_another_architecture_is_refused_naming_the_difference(tmp_path):
@@ -168,7 +184,7 @@ def test_cli_init_records_the_lineage_and_resume_keeps_it(tmp_path, cli_train, t
             "--sample-every", "0", "--init", str(tiny_checkpoint), "--set", "training.n_iters=4"]
     subprocess.run(cli_train(*args, "--max-steps", "2"), check=True, capture_output=True)
     record = json.loads((run / "init.json").read_text())
-    assert record["path"] == str(tiny_checkpoint.resolve()) and record["images_seen"] == 0
+    assert record["path"] == str(tiny_checkpoint) and record["images_seen"] == 0
     first = load_checkpoint(run / "checkpoints" / "ckpt-00000002.safetensors")
     assert first.meta["extra"]["init"] == record and first.meta["extra"]["images_seen"] == 16
     resume = cli_train("--resume", str(run), "--workers", "0", "--sample-every", "0",

@@ -13,6 +13,7 @@ from ddim.checkpoint import (
     save_checkpoint,
 )
 from ddim.checkpoint.diffusers import export_diffusers, verify_diffusers
+from ddim.checkpoint.load import checkpoint_name
 from ddim.cli._common import add_overwrite_argument
 from ddim.config import CONFIG_NAMES
 from ddim.errors import DdimError
@@ -109,7 +110,7 @@ def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
         step=checkpoint.step or 0,
         extra_meta={
             **_lineage(checkpoint),
-            "converted_from": str(args.source),
+            "converted_from": checkpoint_name(args.source),
             "source_kind": checkpoint.kind,
             "weights": checkpoint.weights_label(use_ema=not args.raw),
             "float16": args.half,

@@ -13,7 +13,7 @@ from ddim.errors import DdimError
 
 HELP = "Train a DDPM (ε-prediction, the DDPM reference recipe); resumable, torchrun-ready."
 EXAMPLE = (
-    "ddim train --config cifar10 --data ../shared/data/cifar10-jpeg.zip --subdir train "
+    "ddim train --config cifar10 --data cifar10 --subdir train "
     "--set training.n_iters=800000"
 )
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ddim.checkpoint import Checkpoint, load_checkpoint
+from ddim.checkpoint.load import checkpoint_name
 from ddim.config import Config
 from ddim.errors import DdimError
 from ddim.training.recipe import TrainState
@@ -60,10 +61,10 @@ def warm_start(state: TrainState, checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def init_record(checkpoint: Checkpoint) -> dict[str, Any]:
-    """Where a warm start comes from: path, kind, file hash, step, and the images (and CPU
-    hours, where recorded) its weights had seen."""
+    """Where a warm start comes from: path (`bundled`, or as given), kind, file hash, step, and
+    the images (and CPU hours, where recorded) its weights had seen."""
     return {
-        "path": str(Path(checkpoint.path).resolve()),
+        "path": checkpoint_name(checkpoint.path),
         "kind": checkpoint.kind,
         "sha256": _file_sha256(Path(checkpoint.path)),
         "step": checkpoint.step,
