@@ -10,6 +10,7 @@ from pathlib import Path
 from ddim.cli._common import add_overwrite_argument, check_count, data_overrides
 from ddim.config import apply_overrides, dump_config, load_config
 from ddim.errors import DdimError
+from ddim.hub import cache_root
 
 HELP = "Train a DDPM (ε-prediction, the DDPM reference recipe); resumable, torchrun-ready."
 EXAMPLE = (
@@ -21,8 +22,10 @@ EXAMPLE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim train`."""
     parser.add_argument("--config", default="cifar10", help="config name or YAML file")
-    parser.add_argument("--data", help="dataset: image folder, zip, .npz or cifar-10-batches-py")
-    parser.add_argument("--subdir", help="sub-folder of the dataset, e.g. train")
+    parser.add_argument("--data", help="dataset: image folder, zip, .npz, cifar-10-batches-py, or "
+                        "a name (cifar10: fetched once into the cache, `ddim cache list`)")
+    parser.add_argument("--subdir", help="sub-folder of the dataset, e.g. train (cifar10: train "
+                        "or test)")
     parser.add_argument(
         "--set",
         action="append",
@@ -65,9 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="processes decoding the images once, before training (default: "
                              "the cores, at most 8; 0: in this process)")
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "ddim"),
+    parser.add_argument("--cache-dir", default=str(cache_root() / "decoded"),
                         help="where the decoded images are kept, as uint8, for the next run on "
-                             "the same files (default ~/.cache/ddim)")
+                             "the same files (default: decoded/ in the cache, $DDIM_CACHE or "
+                             "~/.cache/ddim)")
     parser.add_argument("--dry-run", action="store_true", help="print the config and stop")
     add_overwrite_argument(parser)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 from ddim.checkpoint import (
-    bundled_checkpoint,
     checkpoint_sha256,
     config_for_foreign,
     load_checkpoint,
     model_from_checkpoint,
     provenance,
 )
+from ddim.checkpoint.named import BUNDLED_NAME
 from ddim.config import Config
 from ddim.diffusion.eps_model import EpsModel
 from ddim.network.precision import Precision, describe, eps_model_for, named_precision
@@ -76,7 +76,7 @@ def load_sampling_model(
     weights that carry none (a recorded config it differs from is refused); the EMA weights are
     used unless `raw` or the config's `model.ema` is false (raw weights a file does not hold are
     refused); `precision` is a name of `ddim.network.precision.named_precision`."""
-    ckpt = str(ckpt or bundled_checkpoint())
+    ckpt = str(ckpt or BUNDLED_NAME)  # recorded as given: a name, or the user's path
     device = torch.device(device)
     checkpoint = load_checkpoint(ckpt, config=config)
     config = config_for_foreign(checkpoint)
