@@ -92,7 +92,7 @@ def test_bench_command_writes_json(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "| sample | fp32 eager |" in result.stdout

@@ -71,7 +71,7 @@ def test_cli_help_shows_an_example():
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0
     assert "example:" in result.stdout and "ddim demo -o" in result.stdout

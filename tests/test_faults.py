@@ -284,7 +284,7 @@ def test_a_device_node_is_never_replaced(tiny_checkpoint, tmp_path):
     """`-o /dev/null` in a subprocess: refused in one line, and /dev/null stays a device."""
     out = subprocess.run(
         [sys.executable, "-m", "ddim", "trajectory", "--ckpt", str(tiny_checkpoint), "--steps",
-         "2", "-o", "/dev/null"], env=ENV, capture_output=True, text=True, timeout=120,
+         "2", "-o", "/dev/null"], env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "not a regular file" in out.stderr.strip().splitlines()[-1]

@@ -175,7 +175,7 @@ def test_the_command_line_says_it_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ddim", "sample", "--ckpt", str(tmp_path / "bare.safetensors"),
          "--n", "1", "--steps", "1", "--device", "cpu", "-o", str(tmp_path / "s")],
-        env=ENV, capture_output=True, text=True, timeout=120,
+        env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "records no config" in line]

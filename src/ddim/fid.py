@@ -548,6 +548,19 @@ def check_compatible(stats: FidStats, name: str = "reference stats") -> None:
         raise DdimError(f"{name}: FID convention '{stats.convention}', not '{CONVENTION}'; {redo}")
 
 
+# Scores of fewer images than this are printed and recorded with a caution.
+FEW_IMAGES = 100
+
+
+def few_images_caution(n: int) -> str | None:
+    """The caution printed and recorded beside scores of fewer than FEW_IMAGES images."""
+    if n >= FEW_IMAGES:
+        return None
+    return (f"a score of {n} images mostly measures how few they are (FID's bias grows as 1/N, "
+            "KID's spread over subsets is wide): compare scores only at equal N, and use "
+            "thousands of images for figures to report")  # fmt: skip
+
+
 # --- reference statistics by name --------------------------------------------------------------
 
 # name -> (dataset name, split): the references `--ref` takes by name, made once into the cache

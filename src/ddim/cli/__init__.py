@@ -66,12 +66,16 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def in_flags(error: DdimError, flags: dict[str, str]) -> str:
     """A library error about an argument as the command line says it: the flag in the argument's
-    place. A list flag stands for its singular argument (--etas sets each eta)."""
+    place, where the message starts with the argument's name, and `--flag N` for each
+    `argument=N` it advises. A list flag stands for its singular argument (--etas sets each
+    eta)."""
     message, argument = str(error), error.argument
     flag = (flags.get(argument) or flags.get(f"{argument}s")) if argument else None
-    if flag is None or not message.startswith(argument):
+    if flag is None:
         return message
-    return flag + message[len(argument) :]
+    if message.startswith(argument):
+        message = flag + message[len(argument) :]
+    return message.replace(f"{argument}=", f"{flag} ")
 
 
 MAX_MESSAGE = 500  # characters of an error message shown; a longer one is cut
@@ -152,10 +156,18 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _out_of_memory_hint(args: argparse.Namespace) -> str:
-    """One line naming the batch size that did not fit and the option that makes it smaller."""
-    if hasattr(args, "batch"):
-        if args.batch:
-            half = max(1, args.batch // 2)
-            return f"out of memory at batch size {args.batch}; try a smaller --batch, e.g. {half}"
-        return "out of memory; try a smaller --batch"
-    return "out of memory; try a smaller batch (--set training.batch_size=N)"
+    """One line naming the batch size that did not fit and a flag of this command that makes it
+    smaller; at batch 1, or for a command without one, that the batch is not what to change."""
+    flags = getattr(args, "_flags", {})
+    batch = getattr(args, "batch", None)
+    if batch == 1:
+        return ("out of memory at batch size 1: one image of this network at this size does not "
+                "fit; use a machine (or device) with more memory")  # fmt: skip
+    if "batch" in flags:
+        if batch:
+            return (f"out of memory at batch size {batch}; try a smaller {flags['batch']}, "
+                    f"e.g. {max(1, batch // 2)}")  # fmt: skip
+        return f"out of memory; try a smaller {flags['batch']}"
+    if "set" in flags:
+        return "out of memory; try a smaller batch (--set training.batch_size=N)"
+    return "out of memory: this command's work does not fit in this machine's memory"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -179,13 +180,26 @@ def run_ref(args: argparse.Namespace) -> int:
     images, source, dataset = _open(args.data, args)
     settings = _data_settings(dataset, args)
     with claim_output(file_output(args.out, command="fid ref"), settings,
-                      overwrite=args.overwrite):
+                      overwrite=args.overwrite) as reused:  # fmt: skip
+        if reused and Path(args.out).is_file():  # the same images and settings: made already
+            stats = fid.load_stats(args.out)
+            print(f"reused {args.out}: {stats.n} images, made with the same images and settings")
+            return 0
         stats = fid.compute_reference(
             images, args.out, source=source, device=device, batch_size=args.batch,
             workers=args.workers, resolution=dataset.resolution,
         )
     print(f"wrote {args.out}: {stats.n} images, convention {stats.convention}")
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, before any work, a score file whose folder cannot hold it, naming --json."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if folder.exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        why = "is not a folder" if not folder.is_dir() else "is not writable"
+        raise DdimError(f"the score would go to {out}, but {folder} {why}: choose where with "
+                        "--json PATH")  # fmt: skip
 
 
 def _json_path(images: str, override: str | None) -> Path:
@@ -203,11 +217,12 @@ def run_calc(args: argparse.Namespace) -> int:
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
     device = device_from_flag(args.device)
+    out = _json_path(args.images, args.json)
+    _check_writable(out)
     images, source, dataset = _open(sample_folder_images(args.images), args)  # cheap: first
     ref_file = fid.reference_file(args.ref, device=device, batch_size=args.batch)
     ref = fid.load_stats(ref_file)
     fid.check_resolution(ref, dataset.resolution, str(args.ref))
-    out = _json_path(args.images, args.json)
     settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(ref_file)}
     with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
@@ -223,8 +238,13 @@ def run_calc(args: argparse.Namespace) -> int:
             "convention": gen.convention, "device": str(device),
             "seconds": round(time.perf_counter() - start, 3),
         }
+        caution = fid.few_images_caution(gen.n)
+        if caution:
+            result["caution"] = caution
         write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"FID {score:.4f}  ({gen.n} images vs {ref.n} in {args.ref}); {kid_text}; wrote {out}")
+    if caution:
+        print(f"caution: {caution}")
     return 0
 
 

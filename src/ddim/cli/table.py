@@ -103,7 +103,7 @@ def run(args) -> int:
         table_markdown,
         table_rows,
     )
-    from ddim.fid import reference_file
+    from ddim.fid import few_images_caution, reference_file
     from ddim.files import claim_output, folder_output
 
     _check(args)
@@ -121,11 +121,14 @@ def run(args) -> int:
         record = resume_record(out / "table.json", recorded)
         record["inputs"] = {"checkpoint": model.checkpoint, "reference": str(args.ref)}
         record["kid_unavailable"] = _kid_unavailable(ref_stats, args.ref_file)
+        record["caution"] = few_images_caution(args.n)
         with progress_bar(total=len(cells), unit="cell", desc="table") as bar:
             record = run_table(cells, score, record, lambda r: write_outputs(r, out),
                                progress=lambda key, found: _count(bar, key, found))
         write_outputs(record, out)
     print(table_markdown(record))
+    if record["caution"]:
+        print(f"caution: each cell scores {args.n} images: {record['caution']}")
     print(f"wrote table.json, table.md, fid_vs_steps.png to {out}", file=sys.stderr)
     return 0
 

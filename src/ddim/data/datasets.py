@@ -218,7 +218,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.kind != "zip":
             return self._rgb(decode_image(self.path / member, self.item_name(i)))
         try:
-            stream = io.BytesIO(self._zipfile().read(member))
+            stream = io.BytesIO(read_member(self._zipfile(), member))
         except _DECODE_ERRORS as exc:
             raise DdimError(f"cannot read image {self.item_name(i)}: {exc}") from None
         return self._rgb(decode_image(stream, self.item_name(i)))
@@ -240,8 +240,8 @@ class ImageDataset(torch.utils.data.Dataset):
             raise DdimError(
                 f"{self.item_name(i)} is {image.size[0]}x{image.size[1]} but {self.item_name(0)} "
                 f"is {self.resolution}x{self.resolution}; pass resolution=N to center-crop and "
-                "resize every image to NxN"
-            )
+                "resize every image to NxN", argument="resolution",
+            )  # fmt: skip
         return image
 
     def _probe(self) -> int:
@@ -257,8 +257,8 @@ class ImageDataset(torch.utils.data.Dataset):
         if width != height:
             raise DdimError(
                 f"{self.item_name(0)} is {width}x{height}, not square; pass resolution=N to "
-                "center-crop and resize every image to NxN"
-            )
+                "center-crop and resize every image to NxN", argument="resolution",
+            )  # fmt: skip
         return width
 
     def _drop_unreadable(self, progress: bool) -> None:
@@ -410,6 +410,24 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DdimError(f"{path} is not a readable zip file ({exc})") from exc
+
+
+def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A zip member's bytes, inflated in bounded steps to at most the size its header declares
+    (which `_zip_members` caps): a member whose data inflates past that stops there, whatever
+    its compressed stream holds, and fails its CRC check. (`ZipFile.read` inflates up to 2 GiB
+    in one step before it truncates to the declared size.)"""
+    info = archive.getinfo(name)
+    parts, left = [], info.file_size
+    with archive.open(info) as member:
+        while left > 0:
+            block = member.read(min(left, 1 << 20))
+            if not block:
+                break
+            parts.append(block)
+            left -= len(block)
+        member.read(1)  # at the declared end: the CRC is checked here
+    return b"".join(parts)
 
 
 def _zip_members(archive: zipfile.ZipFile, path: Path, subdir: str | None) -> tuple[str, ...]:
