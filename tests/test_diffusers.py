@@ -133,6 +133,32 @@ def test_diffusers_folder_round_trip_without_diffusers(tmp_path, tiny_checkpoint
         assert torch.equal(back.model_state[key], value)
 
 
+def test_what_diffusers_has_no_argument_for_is_exported_and_read_back(tmp_path,
+                                                                      tiny_checkpoint):
+    """The dataset name (ddim table's default spacing) and the model options a UNet2DModel does
+    not take travel in private keys; edited ones are refused naming the file; a folder without
+    them (written by others) reads as before."""
+    path, _, _ = tiny_checkpoint
+    folder = export_diffusers(load_checkpoint(path), tmp_path / "hf")
+    original, back = load_config("tiny"), load_checkpoint(folder).config
+    assert back.model == original.model and back.sampling == original.sampling
+    assert back.data.dataset == "CIFAR10" and back.data.random_flip == original.data.random_flip
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text())
+    for edited, message in [({"dataset": 3}, "data.dataset"), ({"path": "/d"}, "_ddim_data")]:
+        scheduler_file.write_text(json.dumps({**scheduler, "_ddim_data": edited}))
+        with pytest.raises(DdimError, match=message):
+            load_checkpoint(folder)
+    scheduler_file.write_text(json.dumps({k: v for k, v in scheduler.items() if k != "_ddim_data"}))
+    unet_file = folder / "unet" / "config.json"
+    unet = json.loads(unet_file.read_text())
+    unet_file.write_text(json.dumps({**unet, "_ddim_model": {"var_type": "learned"}}))
+    with pytest.raises(DdimError, match="var_type"):
+        load_checkpoint(folder)
+    unet_file.write_text(json.dumps({k: v for k, v in unet.items() if k != "_ddim_model"}))
+    assert load_checkpoint(folder).config.data.dataset == "unknown"  # as a foreign folder reads
+
+
 def test_missing_diffusers_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(DdimError, match="pip install diffusers"):

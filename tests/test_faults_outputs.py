@@ -89,6 +89,24 @@ def test_outputs_that_name_nothing_reused_keep_every_name(tmp_path):
         folder_output(folder, ("a",), reused=("b",))
 
 
+def test_a_file_outputs_work_in_progress_is_continued_or_overwritten(tmp_path):
+    """`ddim encode`'s shards beside its .npz: a rerun of the same settings continues them;
+    --overwrite deletes them (other settings made them), and leaves the file to be replaced."""
+    output = file_output(tmp_path / "l.npz", beside=("l.npz.parts",), command="encode",
+                         reused=("l.npz.parts",))  # fmt: skip
+    assert not claim(output)
+    (tmp_path / "l.npz.parts").mkdir()
+    (tmp_path / "l.npz.parts" / "part-0000000.npz").write_bytes(b"shard")
+    (tmp_path / "l.npz").write_bytes(b"old")
+    assert claim(output)
+    assert files(tmp_path) == {"l.npz", "l.npz.settings.json", "l.npz.parts/part-0000000.npz"}
+    assert not claim(output, {"steps": 20, "seed": 0}, overwrite=True)
+    assert files(tmp_path) == {"l.npz", "l.npz.settings.json"}
+    assert (tmp_path / "l.npz").read_bytes() == b"old"  # replaced once the new one is made
+    with pytest.raises(ValueError, match="not among the names beside it"):
+        file_output(tmp_path / "l.npz", reused=("l.npz.parts",))
+
+
 def test_a_killed_rerun_leaves_no_old_summary_to_trust(tmp_path):
     """The summary is made again by every run: deleted at the claim, a killed run leaves none."""
     folder = a_sample_folder(tmp_path / "s")

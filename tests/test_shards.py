@@ -7,7 +7,14 @@ import torch
 
 from ddim.checkpoint import load_model
 from ddim.network.precision import eps_model_for
-from ddim.sampling import build_sampler, generate_to_shards, read_shards
+from ddim.sampling import (
+    build_sampler,
+    encode_images,
+    encode_to_shards,
+    generate_to_shards,
+    read_latent_shards,
+    read_shards,
+)
 
 
 def setup(path):
@@ -64,6 +71,20 @@ def test_interrupted_run_resumes_missing_shards_only(tiny_checkpoint, tmp_path):
     again = generate_to_shards(eps_model, sampler, seeds, shape, tmp_path, batch=4, device=cpu)
     assert again == 4
     assert torch.equal(read_shards(tmp_path, 8), full)
+
+
+def test_encoding_to_shards_resumes_and_equals_encoding_at_once(tiny_checkpoint, tmp_path):
+    eps_model, config, betas, shape = setup(tiny_checkpoint)
+    sampler = build_sampler(betas, 2, eta=0.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    images, parts = torch.from_numpy(pixels), tmp_path / "parts"
+    whole = encode_images(eps_model, sampler, images, batch=2, device="cpu")
+    assert encode_to_shards(eps_model, sampler, images, parts, batch=2, device="cpu") == 5
+    assert sorted(p.name for p in parts.iterdir()) == [f"part-{k:07d}.npz" for k in (0, 2, 4)]
+    (parts / "part-0000002.npz").unlink()  # as if killed before that batch
+    assert encode_to_shards(eps_model, sampler, images, parts, batch=2, device="cpu") == 2
+    latents = read_latent_shards(parts, 5)
+    assert latents.dtype == torch.float32 and torch.equal(latents, whole)
 
 
 def test_sample_command_writes_exactly_n_images(tiny_checkpoint, tmp_path):

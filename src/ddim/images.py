@@ -1,5 +1,5 @@
-"""Images out: uint8 images written as PNG grids, folders of PNGs, and `.npz` files (NHWC, key
-`arr_0`), each file atomically."""
+"""Images out: uint8 images written as picture grids (PNG or JPEG, as the name's suffix says),
+folders of PNGs, and `.npz` files (NHWC, key `arr_0`), each file atomically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddim.errors import DdimError
 from ddim.files import atomic_write
+
+# The picture formats a grid is written in, by the name's suffix (any case), with PIL's options.
+PICTURE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}),
+                   ".jpeg": ("JPEG", {"quality": 95})}  # fmt: skip
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -34,10 +39,24 @@ def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def picture_format(path: str | os.PathLike) -> tuple[str, dict]:
+    """(PIL format, its options) that a picture's name asks for: PNG for .png, JPEG for .jpg and
+    .jpeg; any other suffix is a DdimError naming those."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PICTURE_FORMATS:
+        raise DdimError(
+            f"cannot write a picture to {str(path)!r}: its suffix names no format ddim writes; "
+            f"give a .png name, or .jpg/.jpeg for JPEG"
+        )
+    return PICTURE_FORMATS[suffix]
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
-    """Write uint8 images (N, C, H, W) as one PNG grid; parent folders are created."""
+    """Write uint8 images (N, C, H, W) as one grid, PNG or JPEG as the name's suffix says
+    (`picture_format`); parent folders are created."""
+    kind, options = picture_format(path)
     picture = _pil(grid(images, nrow))
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format=kind, **options))
 
 
 def save_pngs(images: torch.Tensor, folder: str | os.PathLike, first_index: int = 0) -> list[Path]:

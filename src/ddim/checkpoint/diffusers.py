@@ -23,15 +23,21 @@ export (`verify_diffusers`), and is imported then. The parameter names map one t
 
 where L is the number of levels (diffusers numbers its up blocks from the bottom).
 
-The scheduler. Our export writes the β schedule in diffusers' terms and our sampling defaults in
-the private key `_ddim_sampling` (diffusers ignores keys starting with "_"), since diffusers has
-no `quad` spacing: a folder converted back samples the same images. Which weights the export
-holds (EMA or raw) goes into `unet/config.json` as `_ddim_weights`. Reading a scheduler, every
-option our samplers do not implement is refused rather than ignored (`_check_scheduler`):
-trained or zero-SNR-rescaled betas, predictions other than ε, thresholding, a steps offset,
-ᾱ_{−1} ≠ 1, spacings other than leading and trailing, DDPM variances other than the small one,
-and clipping other than our samplers' default (off for DDIM, on for DDPM, to [−1, 1]). Leading and
-trailing are our uniform and trailing when S divides T (diffusers rounds otherwise).
+What diffusers has no argument for goes into private keys (diffusers ignores keys starting with
+"_"), and is read back, so that a folder converted back, or sampled, is the config it came from:
+in `scheduler/scheduler_config.json`, our sampling defaults (`_ddim_sampling`: diffusers has no
+`quad` spacing) and the data section's dataset name and flip (`_ddim_data`: the dataset decides
+`ddim table`'s default spacing; where the data lay is not exported); in `unet/config.json`,
+which weights the export holds (`_ddim_weights`: EMA or raw) and the model options a
+`UNet2DModel` has no argument for (`_ddim_model`: `var_type`, the DDPM variance by default,
+`ema`, `ema_rate`). Weights are written as they are, or in float16 (`half`).
+
+Reading a scheduler, every option our samplers do not implement is refused rather than ignored
+(`_check_scheduler`): trained or zero-SNR-rescaled betas, predictions other than ε,
+thresholding, a steps offset, ᾱ_{−1} ≠ 1, spacings other than leading and trailing, DDPM
+variances other than the small one, and clipping other than our samplers' default (off for
+DDIM, on for DDPM, to [−1, 1]). Leading and trailing are our uniform and trailing when S divides
+T (diffusers rounds otherwise). What our private keys hold is checked as config values.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ _ATTN_PARTS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "pro
 _OLD_ATTN_PARTS = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
 _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
 _SCHEDULES = {"linear": "linear", "quad": "scaled_linear", "sigmoid": "sigmoid"}
+# What our config holds that diffusers' arguments do not, exported in private keys and read back.
+_MODEL_OPTIONS = ("var_type", "ema", "ema_rate")  # unet/config.json `_ddim_model`
+_DATA_OPTIONS = ("dataset", "random_flip")  # scheduler/scheduler_config.json `_ddim_data`
 _SPACINGS = {"uniform": "leading", "trailing": "trailing"}
 # Scheduler options our samplers implement only at one value: class -> option -> (the value we
 # implement, diffusers' default where the file leaves it out, what to do instead).
@@ -257,19 +266,25 @@ def diffusers_scheduler_config(config: Config) -> dict[str, Any]:
         "prediction_type": "epsilon",
         "timestep_spacing": _SPACINGS.get(config.sampling.skip, "leading"),
         "_ddim_sampling": config.to_dict()["sampling"],  # quad has no diffusers name
+        "_ddim_data": {key: config.to_dict()["data"][key] for key in _DATA_OPTIONS},
     }
 
 
-def export_diffusers(checkpoint: Checkpoint, folder: str | Path, *, use_ema: bool = True) -> Path:
-    """Write a checkpoint as a diffusers DDIMPipeline folder (UNet2DModel + DDIMScheduler)."""
+def export_diffusers(
+    checkpoint: Checkpoint, folder: str | Path, *, use_ema: bool = True, half: bool = False
+) -> Path:
+    """Write a checkpoint as a diffusers DDIMPipeline folder (UNet2DModel + DDIMScheduler): the
+    EMA weights (or raw, `use_ema=False`), in float16 if `half`."""
     if checkpoint.config is None:
         raise DdimError(f"{checkpoint.path} records no schedule: give a config to export it")
     folder = Path(folder)
     unet_config = diffusers_unet_config(checkpoint.model_config, checkpoint.image_size)
     unet_config["_ddim_weights"] = checkpoint.weights_label(use_ema)
+    model = checkpoint.config.to_dict()["model"]
+    unet_config["_ddim_model"] = {key: model[key] for key in _MODEL_OPTIONS}
     scheduler_config = diffusers_scheduler_config(checkpoint.config)
     state = to_diffusers_state(checkpoint.weights(use_ema))
-    weights = {k: v.contiguous() for k, v in state.items()}
+    weights = {k: (v.half() if half else v).contiguous() for k, v in state.items()}
     index = {
         "_class_name": "DDIMPipeline",
         "unet": ["diffusers", "UNet2DModel"],
@@ -349,8 +364,23 @@ def model_config_from_diffusers(unet: dict[str, Any], source: str) -> tuple[Mode
         attn_resolutions=tuple(image_size // 2**i for i, a in enumerate(attn) if a),
         dropout=float(unet.get("dropout", 0.0)),
         num_groups=int(unet.get("norm_num_groups", 32)),
+        **_recorded(unet, "_ddim_model", _MODEL_OPTIONS, "model", source),
     )
     return model, image_size
+
+
+def _recorded(config: dict, key: str, names: tuple[str, ...], section: str, source: str) -> dict:
+    """The values of our config's `section` that our export recorded under `key` (none in a
+    folder written by others); anything else there, or a value out of range, is a DdimError."""
+    recorded = config.get(key, {})
+    if not isinstance(recorded, dict) or not set(recorded) <= set(names):
+        raise DdimError(f"{source}: {key} holds {recorded!r}, not values of {', '.join(names)} "
+                        f"as ddim writes them (was the file edited?)")  # fmt: skip
+    try:
+        Config.from_dict({section: recorded})  # each value checked as a config's
+    except DdimError as error:
+        raise DdimError(f"{source}: {key}: {error}") from None
+    return recorded
 
 
 def config_from_diffusers(
@@ -371,7 +401,9 @@ def config_from_diffusers(
         beta_end=float(scheduler.get("beta_end", 0.02)),
         num_diffusion_timesteps=int(scheduler.get("num_train_timesteps", 1000)),
     )
-    data = DataConfig(dataset="unknown", image_size=image_size, channels=model.in_channels)
+    recorded = _recorded(scheduler, "_ddim_data", _DATA_OPTIONS, "data", source)
+    data = DataConfig(**{"dataset": "unknown", **recorded}, image_size=image_size,
+                      channels=model.in_channels)
     sampling = _sampling_from_scheduler(scheduler, source)
     return Config(model=model, diffusion=diffusion, data=data, sampling=sampling)
 
@@ -467,7 +499,7 @@ def require_diffusers():
 def verify_diffusers(folder: str | Path, net: UNet, *, seed: int = 0) -> float:
     """Max |ε_diffusers − ε_ours| on random inputs: diffusers loads the folder, our net is run."""
     diffusers = require_diffusers()
-    other = diffusers.UNet2DModel.from_pretrained(Path(folder) / "unet").eval()
+    other = diffusers.UNet2DModel.from_pretrained(Path(folder) / "unet").float().eval()
     g = torch.Generator().manual_seed(seed)
     size = other.config.sample_size
     x = torch.randn(2, other.config.in_channels, size, size, generator=g)

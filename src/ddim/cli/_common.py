@@ -1,6 +1,7 @@
-"""The command line the commands share: the flag groups (model, sampler, images, output), the
-checks of numbers given as flags, and what the model and sampler flags become in the sampling
-stage (`model_from_flags`, `settings_from_flags`). Commands import this module, never each other.
+"""The command line the commands share: the flag groups (model, sampler, images, the image count,
+output), the checks of numbers given as flags, what the model and sampler flags become in the
+sampling stage (`model_from_flags`, `settings_from_flags`), and how a resumable run counts its
+batches (`count_batch`). Commands import this module, never each other.
 """
 
 from __future__ import annotations
@@ -72,15 +73,23 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
 
 
+def add_count_argument(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """--n, or its other spelling --count (args.n): how many images a command makes or reads.
+    Under torchrun write --count: torchrun's own parser matches `--n` as a prefix of its
+    --nnodes/--nproc-per-node and stops there, before ddim sees it."""
+    parser.add_argument("--n", "--count", dest="n", type=int, default=default, metavar="N",
+                        help=f"{help}; --count N is the same (torchrun takes --n for its own)")
+
+
 def add_images_arguments(parser: argparse.ArgumentParser, n_default: int | None = None) -> None:
-    """--images, --subdir, --n, --batch: which dataset images to read, and how many at once."""
+    """--images, --subdir, --n/--count, --batch: which dataset images to read, and how many at
+    once."""
     parser.add_argument("--images", required=True,
                         help="dataset: image folder, zip, cifar-10-batches-py folder, NHWC .npz, "
                              "or a name (cifar10, with --subdir train or test)")
     parser.add_argument("--subdir", help="part of the dataset (CIFAR-10: train/test; zip folder)")
-    parser.add_argument("--n", type=int, default=n_default,
-                        help=f"use N images evenly spread through the dataset (default: "
-                             f"{n_default or 'all'}; {SPREAD_HELP})")
+    add_count_argument(parser, n_default, f"use N images evenly spread through the dataset "
+                                          f"(default: {n_default or 'all'}; {SPREAD_HELP})")
     parser.add_argument("--batch", type=int, help="images per batch (default: the config's)")
 
 
@@ -97,14 +106,15 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def picture_output(path: str, command: str):
-    """(Output of `command`, record path) for a PNG written with a JSON record beside it
-    (NAME.json)."""
+    """(Output of `command`, record path) for a picture written with a JSON record beside it
+    (NAME.json): PNG or JPEG as its suffix says; another suffix is refused before any work."""
     from ddim.files import file_output
+    from ddim.images import picture_format
 
     path = Path(path)
+    if path.is_file() or not path.exists():  # a folder or a device: the claim says what it is
+        picture_format(path)  # a name of another format is refused, naming those written
     record = path.with_suffix(".json")
-    if record == path:
-        raise DdimError(f"-o {str(path)!r}: give a .png name (the record goes to NAME.json)")
     return file_output(path, beside=(record.name,), command=command), record
 
 
@@ -153,6 +163,15 @@ def settings_from_flags(args, config, **fixed):
     if hasattr(args, "clip_x0"):
         given["clip_x0"] = CLIP_X0[args.clip_x0]
     return sampling_settings(config, **{**given, **fixed})
+
+
+def count_batch(bar, made: int, found: int) -> None:
+    """Count a batch of a resumable run on its bar: the items made in this run, and those an
+    earlier run made (in the count, not in the rate or the ETA: `ProgressBar.skip`)."""
+    if found:
+        bar.skip(found)
+    if made:
+        bar.update(made)
 
 
 # --- numbers from the command line -------------------------------------------------------------

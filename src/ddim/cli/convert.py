@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ddim.checkpoint import (
@@ -30,13 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "destination",
         type=Path,
-        help="a .safetensors file (ddim format) or a folder (diffusers DDIMPipeline layout)",
+        help="a .safetensors file (ddim format) or a folder named without a suffix (diffusers "
+        "DDIMPipeline layout)",
     )
     parser.add_argument(
         "--to",
         choices=("ddim", "diffusers"),
         default=None,
-        help="output kind (default: ddim for a .safetensors destination, else diffusers)",
+        help="output kind (default: ddim for a .safetensors destination, else diffusers); a "
+        "destination of another kind's name is refused",
     )
     parser.add_argument(
         "--config",
@@ -50,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--half",
         action="store_true",
-        help="ddim export: keep only the chosen weights (EMA unless --raw), stored as float16",
+        help="keep only the chosen weights (EMA unless --raw), stored as float16 (both kinds)",
     )
     parser.add_argument(
         "--verify",
@@ -61,10 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the source, write the destination, print what was written."""
+    """Read the source, write the destination, print what was written.
+
+    What is written is decided once, here (`plan`: the kind, which weights, their dtype), and
+    the output's record is that plan: the writers read nothing else."""
     from ddim.files import claim_output
 
-    to = args.to or ("ddim" if args.destination.suffix == ".safetensors" else "diffusers")
+    to = destination_kind(args.destination, args.to)
+    if args.verify and to != "diffusers":
+        raise DdimError("--verify checks a diffusers export with diffusers; our format is "
+                        "checked on every load: drop --verify, or pass --to diffusers")
     if args.destination.resolve() == args.source.resolve():
         raise DdimError(f"the destination {str(args.destination)!r} is the source; write elsewhere")
     checkpoint = load_checkpoint(args.source, config=args.config)  # --config must agree
@@ -74,17 +83,39 @@ def run(args: argparse.Namespace) -> int:
             f"e.g. --config {CONFIG_NAMES[0]}"
         )
     checkpoint.weights_label(use_ema=not args.raw)  # --raw of a file without raw weights
-    settings = {"source_sha256": checkpoint_sha256(args.source), "to": to, "raw": args.raw,
-                "half": args.half, "config": checkpoint.config.to_dict()}
+    plan = {"to": to, "raw": args.raw, "half": args.half}
+    settings = {"source_sha256": checkpoint_sha256(args.source), **plan,
+                "config": checkpoint.config.to_dict()}
     with claim_output(_output(args.destination, to), settings, overwrite=args.overwrite):
         if to == "ddim":
-            _save_ddim(args, checkpoint)
+            _save_ddim(checkpoint, args.destination, plan, source=args.source)
         else:
-            export_diffusers(checkpoint, args.destination, use_ema=not args.raw)
+            export_diffusers(checkpoint, args.destination, use_ema=not plan["raw"],
+                             half=plan["half"])  # fmt: skip
             if args.verify:
-                _verify(checkpoint, args.destination, use_ema=not args.raw)
-    print(f"wrote {args.destination} ({to}, from a {checkpoint.kind} checkpoint)")
+                _verify(checkpoint, args.destination, plan)
+    print(f"wrote {args.destination} ({to}{', float16' if plan['half'] else ''}, from a "
+          f"{checkpoint.kind} checkpoint)")
     return 0
+
+
+def destination_kind(destination: Path, to: str | None) -> str:
+    """What `--to` writes to `destination` (default: ours for a .safetensors name, else
+    diffusers); a name whose suffix is not that kind's is refused, naming the one to give."""
+    suffix = destination.suffix.lower()
+    kind = to or ("ddim" if suffix == ".safetensors" else "diffusers")
+    if kind == "ddim" and suffix != ".safetensors":
+        raise DdimError(
+            f"the destination {str(destination)!r}: our format is one file, NAME.safetensors; "
+            f"give a .safetensors name (or --to diffusers and a folder name without a suffix)"
+        )
+    if kind == "diffusers" and suffix:
+        raise DdimError(
+            f"the destination {str(destination)!r}: a diffusers export is a folder; give a name "
+            f"without a suffix, e.g. {str(destination.with_suffix(''))!r} (or NAME.safetensors "
+            f"for our format)"
+        )
+    return kind
 
 
 def _output(destination: Path, to: str):
@@ -96,26 +127,46 @@ def _output(destination: Path, to: str):
     return folder_output(destination, DIFFUSERS_NAMES, command="convert", reused=())
 
 
-def _save_ddim(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
-    """Write our format: both weights, or only the chosen ones (in float16 with --half)."""
-    model, ema = checkpoint.model_state, None if args.raw else checkpoint.ema_state
-    if args.half:
-        model = {k: v.half() for k, v in checkpoint.weights(use_ema=not args.raw).items()}
+def _save_ddim(checkpoint: Checkpoint, destination: Path, plan: dict, *, source: Path) -> None:
+    """Write our format as `plan` says: both weights, or only the chosen ones in float16
+    (`half`); the same bytes for the same source and plan (the metadata in sorted order)."""
+    from ddim.files import atomic_write
+
+    use_ema = not plan["raw"]
+    model, ema = checkpoint.model_state, checkpoint.ema_state if use_ema else None
+    if plan["half"]:
+        model = {k: v.half() for k, v in checkpoint.weights(use_ema=use_ema).items()}
         ema = None
-    save_checkpoint(
-        args.destination,
-        model_state=model,
-        ema_state=ema,
-        config=checkpoint.config,
-        step=checkpoint.step or 0,
-        extra_meta={
-            **_lineage(checkpoint),
-            "converted_from": checkpoint_name(args.source),
-            "source_kind": checkpoint.kind,
-            "weights": checkpoint.weights_label(use_ema=not args.raw),
-            "float16": args.half,
-        },
-    )
+    extra = {**_lineage(checkpoint), "converted_from": checkpoint_name(source),
+             "source_kind": checkpoint.kind, "weights": checkpoint.weights_label(use_ema=use_ema),
+             "float16": plan["half"]}  # fmt: skip
+
+    def write(tmp: Path) -> None:
+        save_checkpoint(tmp, model_state=model, ema_state=ema, config=checkpoint.config,
+                        step=checkpoint.step or 0, extra_meta=extra)  # fmt: skip
+        sort_safetensors_metadata(tmp)
+
+    atomic_write(destination, write)
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header in place with its metadata keys sorted: the library
+    writes them in the order of a hash map seeded afresh on each call, so the same tensors and
+    metadata would make other bytes each time (and another SHA-256, which records compare).
+    The header keeps its length (the same keys and values; spaces pad it, as the format
+    allows), so the tensors after it are not moved."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        metadata = header.pop("__metadata__", None)
+        if metadata is None:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise DdimError(f"cannot order the metadata of {str(path)!r}: its header grew")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def _lineage(checkpoint: Checkpoint) -> dict:
@@ -126,9 +177,14 @@ def _lineage(checkpoint: Checkpoint) -> dict:
     return {key: extra[key] for key in ("images_seen", "cpu_hours", "init") if key in extra}
 
 
-def _verify(checkpoint: Checkpoint, folder: Path, *, use_ema: bool) -> None:
-    """Compare diffusers' output on the export with ours; a mismatch is an error."""
-    error = verify_diffusers(folder, model_from_checkpoint(checkpoint, use_ema=use_ema))
+def _verify(checkpoint: Checkpoint, folder: Path, plan: dict) -> None:
+    """Compare diffusers' output on the export with ours on the same weights (rounded to
+    float16 when the export holds them so); a mismatch is an error."""
+    net = model_from_checkpoint(checkpoint, use_ema=not plan["raw"])
+    if plan["half"]:
+        net.load_state_dict({k: v.half().to(v.dtype) if v.is_floating_point() else v
+                             for k, v in net.state_dict().items()})  # fmt: skip
+    error = verify_diffusers(folder, net)
     if error > 1e-4:
         raise DdimError(f"diffusers' output differs from ours by {error:.3g} (max abs)")
     print(f"verified with diffusers: max |difference| = {error:.3g}")

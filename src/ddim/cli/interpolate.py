@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, default=10, help="images per strip, ends included")
     add_ode_arguments(parser)
     parser.add_argument("-o", "--out", default="interpolate.png",
-                        help="PNG (one row per pair); settings go to the same name with .json")
+                        help="picture, one row per pair: .png, or .jpg/.jpeg for JPEG; settings "
+                             "go to the same name with .json")
     add_overwrite_argument(parser)
 
 
@@ -97,7 +98,7 @@ def strips(args, model, sampler, shape, endpoints: torch.Tensor | None) -> list[
 
 
 def run(args) -> int:
-    """Write the interpolation strips as one PNG grid and a JSON record beside it."""
+    """Write the interpolation strips as one picture grid and a JSON record beside it."""
     from ddim.files import claim_output, write_text
     from ddim.images import save_grid
 
@@ -106,7 +107,6 @@ def run(args) -> int:
         check_seeds(seed, 1, "--seeds")
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
-    output, record_path = picture_output(args.out, "interpolate")
     model = model_from_flags(args)
     settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
     sampler, shape = settings.sampler, settings.shape
@@ -115,6 +115,7 @@ def run(args) -> int:
     endpoints, source = _endpoints(args, model.config)
     recorded = {**model.settings(), **source, "num": args.num, "steps": sampler.steps,
                 "skip": sampler.skip}  # fmt: skip
+    output, record_path = picture_output(args.out, "interpolate")  # before any image is made
     with claim_output(output, recorded, overwrite=args.overwrite):
         rows = strips(args, model, sampler, shape, endpoints)
         save_grid(torch.cat(rows), args.out, nrow=args.num)

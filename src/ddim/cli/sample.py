@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 from ddim.cli._common import (
+    add_count_argument,
     add_model_arguments,
     add_overwrite_argument,
     add_sampler_arguments,
     check_count,
     check_image_memory,
     check_seeds,
+    count_batch,
     model_from_flags,
     settings_from_flags,
 )
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ddim sample`."""
     add_model_arguments(parser)
     add_sampler_arguments(parser)
-    parser.add_argument("--n", type=int, default=64, help="number of images (exactly)")
+    add_count_argument(parser, 64, "number of images (exactly; default 64)")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
     parser.add_argument("-o", "--out", default="samples", help="output folder (default samples)")
     parser.add_argument("--png", action="store_true", help="also write one PNG per image")
@@ -89,18 +91,9 @@ def _generate(args, model, settings, rank: int, world: int) -> tuple[int, float]
         made = generate_to_shards(
             model.eps_model, sampler, range(args.seed, args.seed + args.n), settings.shape,
             args.out, batch=settings.batch, device=model.device, rank=rank, world_size=world,
-            progress=lambda made, found: _count(bar, made * world, found * world),
+            progress=lambda made, found: count_batch(bar, made * world, found * world),
         )  # fmt: skip
     return made, time.perf_counter() - start
-
-
-def _count(bar, made: int, found: int) -> None:
-    """Count a batch on the bar: the images made in this run, and those an earlier run made (in
-    the count, not in the rate or the ETA)."""
-    if found:
-        bar.skip(found)
-    if made:
-        bar.update(made)
 
 
 def _write_outputs(args, model, settings, world, made: int, seconds: float) -> None:

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=8,
                         help="predicted x0 shown per row, at evenly spaced steps (8)")
     parser.add_argument("-o", "--out", default="trajectory.png",
-                        help="PNG: one row per S, x0 predictions then the final image; + .json")
+                        help="picture (.png, or .jpg/.jpeg for JPEG): one row per S, x0 "
+                             "predictions then the final image; + .json")
     add_overwrite_argument(parser)
 
 
@@ -45,12 +46,12 @@ def run(args) -> int:
 
     check_seeds(args.seed, 1)
     check_count(args.show, "--show")
-    output, record_path = picture_output(args.out, "trajectory")
     model = model_from_flags(args)
     settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
     steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip
     recorded = {**model.settings(), "seed": args.seed, "steps": steps, "skip": skip,
                 "show": args.show}  # fmt: skip
+    output, record_path = picture_output(args.out, "trajectory")  # before any image is made
     with claim_output(output, recorded, overwrite=args.overwrite):
         x_T = seed_latents([args.seed], settings.shape, model.device)
         rows = [trajectory_row(model.eps_model, sampler, x_T, args.show)

@@ -17,6 +17,8 @@ owns and the settings that made its contents (`OUT/settings.json` for a folder,
   survive the claim; every other owned name (a grid, an `.npz`, a PNG folder, a summary) is made
   again by each run, so it is deleted: nothing a run did not make (an `.npz` under `--no-npz`,
   PNGs beyond the new N) survives beside the new record;
+- a file output may keep its work in progress beside it (`reused`, e.g. `ddim encode`'s
+  shards): a rerun of the same settings continues it, `overwrite` deletes it;
 - the record is written before any result, so whatever a killed run leaves is covered by it.
 
 Only owned names are ever deleted: `-o .` with `overwrite` removes the command's own files (and
@@ -72,12 +74,22 @@ def folder_output(
 
 
 def file_output(
-    path: str | os.PathLike, beside: tuple[str, ...] = (), *, command: str = ""
+    path: str | os.PathLike,
+    beside: tuple[str, ...] = (),
+    *,
+    command: str = "",
+    reused: tuple[str, ...] | None = None,
 ) -> Output:
-    """An output file (with files `beside` it, e.g. its JSON), its record `NAME.settings.json`."""
+    """An output file (with files `beside` it, e.g. its JSON), its record `NAME.settings.json`.
+    `reused` names what beside it holds work a rerun of the same settings continues (`ddim
+    encode`'s shards): `overwrite` deletes it, where the files themselves are replaced
+    atomically once made."""
     path = Path(path)
     names = (path.name, *beside)
-    return Output(path.parent, names, f"{path.name}.{RECORD}", str(path), False, command)
+    if reused is not None and not set(reused) <= set(beside):
+        raise ValueError(f"reused names {reused} are not among the names beside it {beside}")
+    return Output(path.parent, names, f"{path.name}.{RECORD}", str(path), False, command,
+                  None if reused is None else tuple(reused))
 
 
 def read_record(output: Output) -> dict | None:
@@ -183,9 +195,10 @@ def _refuse_other_command(output: Output, other: str) -> None:
 
 
 def _delete_remade(output: Output, present: list[str]) -> None:
-    """Delete the owned names a rerun makes again (all but `reused`): what this run does not
-    make must not survive beside its record."""
-    if output.reused is not None:
+    """Delete a folder's owned names a rerun makes again (all but `reused`): what this run does
+    not make must not survive beside its record. (A file output's files are replaced
+    atomically when made again.)"""
+    if output.is_folder and output.reused is not None:
         _delete_names(output, [name for name in present if name not in output.reused])
 
 
@@ -225,9 +238,12 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _delete(output: Output, present: list[str]) -> None:
     """Remove the record, and a folder output's owned files and folders: nothing else. (A file
-    output is left for `atomic_write` to replace, so a failed run does not lose it.)"""
+    output is left for `atomic_write` to replace, so a failed run does not lose it; the work in
+    progress beside it, `reused`, goes: it was made with the settings being replaced.)"""
     if output.is_folder:
         _delete_names(output, present)
+    else:
+        _delete_names(output, [name for name in present if name in (output.reused or ())])
     (output.folder / output.record).unlink(missing_ok=True)
 
 

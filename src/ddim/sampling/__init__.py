@@ -7,7 +7,8 @@
     seeds     per-seed noise (image k depends on seed k alone) and batching
     runners   a Sampler applied to batches: images from seeds, encoding, reconstruction,
               interpolation strips, trajectory rows
-    shards    the resumable shard files of a long run, split across ranks
+    shards    the resumable shard files of a long run (images from seeds, latents of images),
+              split across ranks
     inputs    the dataset images an image-to-image run starts from
     finite    a walk's end checked: NaN or infinity is an error naming the step that made it
 
@@ -34,7 +35,13 @@ from ddim.sampling.settings import (
     build_sampler,
     sampling_settings,
 )
-from ddim.sampling.shards import generate_to_shards, read_shards, shard_indices
+from ddim.sampling.shards import (
+    encode_to_shards,
+    generate_to_shards,
+    read_latent_shards,
+    read_shards,
+    shard_indices,
+)
 
 __all__ = [
     "SAMPLERS",
@@ -47,11 +54,13 @@ __all__ = [
     "batches_of",
     "build_sampler",
     "encode_images",
+    "encode_to_shards",
     "generate_to_shards",
     "interpolate_images",
     "interpolate_latents",
     "iterate_images",
     "load_sampling_model",
+    "read_latent_shards",
     "read_shards",
     "reconstruct_images",
     "sample_seeds",

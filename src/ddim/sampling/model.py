@@ -3,7 +3,7 @@ precision asked for, and what identifies them in the records of the outputs they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,17 +36,21 @@ class SamplingModel:
     def settings(self) -> dict:
         """What decides the model's outputs, for output records: weights (by hash), which weights
         and where the config came from (`provenance`, without the note that names the file), the
-        config, the arithmetic. Not the path (a moved file is the same model) nor the device."""
+        config, the arithmetic. Not the path (a moved file is the same model), the device, nor
+        whether torch.compile ran the network: it computes the same function in another order of
+        sums (float32 rounding, as another batch size does), so a compiled run's images are
+        continued by an uncompiled one and back. `record` says whether it ran compiled."""
+        arithmetic = replace(self.precision, compile=False)
         return {
             "checkpoint_sha256": checkpoint_sha256(self.checkpoint),
             "provenance": {k: v for k, v in self.provenance.items() if k != "inferred"},
-            "precision": describe(self.precision),
+            "precision": describe(arithmetic),
             "config": self.config.to_dict(),
         }
 
     def record(self) -> dict:
         """What identifies the model run: checkpoint and hash, its provenance, device,
-        arithmetic."""
+        arithmetic, layout and compilation."""
         return {
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": checkpoint_sha256(self.checkpoint),

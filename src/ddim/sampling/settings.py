@@ -101,10 +101,11 @@ class Sampler:
         return f"S={self.steps}" + (f", {calls} calls" if calls != self.steps else "")
 
     def record(self) -> dict:
-        """The sampler as recorded: S, skip, its option, its name, clip_x0 as asked."""
+        """The sampler as it runs, for records: S, skip, its option, its name, and whether x_0 is
+        clipped (the sampler's default resolved: what ran, never "as asked")."""
         option = dict([self.option]) if self.option else {}
         return {"steps": self.steps, "skip": self.skip, **option, "kind": self.name,
-                "clip_x0": self.clip_x0}  # fmt: skip
+                "clip_x0": self.clip}  # fmt: skip
 
     def walk(self, eps_model: EpsModel, x: torch.Tensor, generator: Generator = None
              ) -> Iterator[Step]:  # fmt: skip
