@@ -262,7 +262,8 @@ def test_official_ckpt_pth_loads_and_prefers_ema(tmp_path, config):
     assert_same(checkpoint.weights(), {k: v.detach() for k, v in ema.state_dict().items()})
     assert checkpoint.load_train_state()["epoch"] == 3
     loaded, loaded_config = load_model(path)
-    assert loaded_config is None
+    assert loaded_config.model == checkpoint.model_config  # inferred, with the paper's schedule
+    assert loaded_config.data.image_size == 32 and loaded_config.diffusion.beta_end == 0.02
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
     with torch.no_grad():
         assert torch.equal(loaded(x, t), ema.eval()(x, t))

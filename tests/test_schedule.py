@@ -145,7 +145,7 @@ def test_explicit_list():
     [
         (0, "uniform", "steps must be between 1 and T = 1000, got 0"),
         (1001, "uniform", "got 1001"),
-        (10, "linear", "unknown skip kind 'linear'"),
+        (10, "linear", "skip='linear' is not a skip kind"),
         ([], "uniform", "empty"),
         ([0, 10, 10], "uniform", "strictly increasing, got 10 then 10"),
         ([5, 1], "uniform", "strictly increasing"),

@@ -64,6 +64,9 @@ def infer_model_config(state: dict, source: str = "weights") -> tuple[ModelConfi
         out_ch = int(state["conv_out.weight"].shape[0])
     except (KeyError, ValueError, IndexError) as error:
         raise DdimError(f"{source} does not hold DDPM U-Net weights (no {error})") from None
+    if levels != list(range(len(levels))):  # a forged down.99999 would claim 2^99999 px images
+        raise DdimError(f"{source} does not hold DDPM U-Net weights: its levels are down."
+                        f"{', down.'.join(map(str, levels[:4]))}, not down.0 to down.N")
     attn_levels = [i for i in levels if f"down.{i}.attn.0.q.weight" in state]
     if not attn_levels:
         raise DdimError(f"cannot infer the image size of {source} (no attention): give a config")

@@ -25,10 +25,12 @@ fsync'ed, then `os.replace`d over the target, and the directory is fsync'ed.
 What is read is checked before it is used (`from_ours`): the tensors against their checksum, the
 metadata against its own (files written before it existed: the config's `diffusion` and `data`
 sections against their copies in `schedule` and `data`), the weights against the U-Net the
-config describes, and every weight for being finite. The training state is
-written first, under a name that carries its own hash; the weights file written next names that
-file and hash. A crash in between leaves the previous pair intact (and an orphan that the next
-save removes); a weights file whose companion is missing or differs is a `DdimError` on load.
+config describes (its counts against the weights' names first, so a forged config builds
+nothing: `ddim.checkpoint.weights.check_config_counts`), and every weight for being finite.
+The training state is written first, under a name that carries its own hash; the weights file
+written next names that file and hash. A crash in between leaves the previous pair intact (and
+an orphan that the next save removes); a weights file whose companion is missing or differs is a
+`DdimError` on load.
 """
 
 from __future__ import annotations
@@ -258,8 +260,8 @@ def _decode_meta(path: Path, raw_meta: dict[str, str]) -> dict[str, Any]:
     """JSON-decode our metadata values and check the format version."""
     try:
         meta = {key: json.loads(value) for key, value in raw_meta.items()}
-    except json.JSONDecodeError:
-        raise DdimError(f"{str(path)!r} has damaged metadata (not JSON)") from None
+    except ValueError as error:  # not JSON, or an integer of more digits than Python converts
+        raise DdimError(f"{str(path)!r} has damaged metadata: {first_line(error)}") from None
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise DdimError(

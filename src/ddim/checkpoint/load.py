@@ -31,7 +31,12 @@ from ddim.checkpoint.diffusers import load_diffusers_folder
 from ddim.checkpoint.foreign import foreign_checkpoint, load_pickle, official_names
 from ddim.checkpoint.format import from_ours, is_ours, read_safetensors
 from ddim.checkpoint.named import BUNDLED_NAME, bundled_path, resolve_checkpoint
-from ddim.checkpoint.weights import Checkpoint, check_finite, check_weights_fit
+from ddim.checkpoint.weights import (
+    Checkpoint,
+    check_activations_fit,
+    check_finite,
+    check_weights_fit,
+)
 from ddim.config import Config, DataConfig, load_config, sampling_differences
 from ddim.errors import DdimError
 from ddim.files import cached_file_sha256, path_sha256
@@ -148,7 +153,12 @@ def model_from_checkpoint(
     checkpoint: Checkpoint, *, use_ema: bool = True, device: str | torch.device = "cpu"
 ) -> UNet:
     """The U-Net holding a checkpoint's weights (EMA if asked and present; raw weights a file
-    does not hold are refused: `Checkpoint.weights_label`), in eval mode."""
+    does not hold are refused: `Checkpoint.weights_label`), in eval mode. An image size whose
+    activations could not fit in `device`'s memory even for one image, at any precision, is
+    refused before the network is made (`check_activations_fit`)."""
+    check_activations_fit(checkpoint.model_config, checkpoint.image_size, device=device,
+                          bytes_per_value=2, attention_scores=False,
+                          source=repr(str(checkpoint.path)))
     with torch.device("meta"):
         net = UNet.from_config(checkpoint.model_config, checkpoint.image_size)
     net.load_state_dict(checkpoint.weights(use_ema), strict=True, assign=True)
@@ -161,10 +171,14 @@ def load_model(
     use_ema: bool = True,
     device: str | torch.device = "cpu",
     config: Config | str | None = None,
-) -> tuple[UNet, Config | None]:
-    """The U-Net of any checkpoint kind, in eval mode on `device`, and its Config (or None)."""
+) -> tuple[UNet, Config]:
+    """The U-Net of any checkpoint kind, in eval mode on `device`, and the Config it samples
+    with: the one the file records, else the one given, else for weights that record none their
+    inferred network with the paper's schedule (`config_for_foreign`; the warning and
+    `provenance` say it was inferred)."""
     checkpoint = load_checkpoint(path, config=config)
-    return model_from_checkpoint(checkpoint, use_ema=use_ema, device=device), checkpoint.config
+    net = model_from_checkpoint(checkpoint, use_ema=use_ema, device=device)
+    return net, config_for_foreign(checkpoint)
 
 
 def config_for_foreign(checkpoint: Checkpoint) -> Config:

@@ -27,6 +27,13 @@ host-device copies and no host syncs; intermediates stay on the device.
 Randomness comes only from the `generator` argument: a `torch.Generator`, or a list of them, one per
 image (see `generators_from_seeds`), which makes image k the same at any batch size.
 
+What the public functions take: x_T and x_0 as tensors or NumPy arrays of floats, returned in the
+dtype they came in; float16 and bfloat16 are computed in float32 (with 10 and 7 bits of
+mantissa they would round away a step's small updates), float32 and float64 in their own dtype,
+which the network receives (a network that fails on it is a DdimError naming the argument).
+Betas as a tensor, an array or a list (`ddim.diffusion.schedule.as_betas`); S as any library's
+integer (`ddim.timesteps`).
+
 DPM-Solver++(2M) (Lu et al. 2022) walks the same pairs: DDIM at η = 0 is its first-order step (the
 exponential integrator of the probability-flow ODE in λ = log(√ᾱ/√(1 − ᾱ)), data-prediction form),
 and the second-order multistep step adds one correction built from the previous step's x0_pred, so
@@ -48,8 +55,9 @@ from dataclasses import dataclass
 import torch
 
 from ddim.diffusion.eps_model import EpsModel
-from ddim.diffusion.schedule import alpha_bar_at, alpha_bars, half_log_snr, timesteps
+from ddim.diffusion.schedule import alpha_bar_at, alpha_bars, as_betas, half_log_snr, timesteps
 from ddim.errors import DdimError
+from ddim.scalars import as_float, as_int
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -104,8 +112,6 @@ def check_eta(eta: float, name: str = "eta") -> float:
     1000: σ ≤ η (σ(η = 1) ≤ 1), so σ² and the noise σ·z stay finite in float32 at every step, where
     a large finite η (1e200) would overflow σ² and turn every image into NaN.
     """
-    from ddim.scalars import as_float
-
     value = as_float(eta, name, finite=False)
     if not 0 <= value <= 1000:
         raise DdimError(f"{name}={eta!r} must be finite and >= 0, at most 1000", argument=name)
@@ -156,7 +162,7 @@ def generalized_step(
 
 def _pairs(betas: torch.Tensor, seq: Sequence[int]) -> list[tuple[int, int, float, float]]:
     """(τ_i, τ_i−1, α_τi, α_τi−1) for i = S..1, top first, with τ_0 = −1 (clean data)."""
-    alpha_bar = alpha_bars(betas.detach().cpu())
+    alpha_bar = alpha_bars(betas)
     full = [-1, *seq]
     return [
         (
@@ -219,9 +225,24 @@ def reverse_plan(plan: Sequence[PlanStep]) -> list[PlanStep]:
 # --- randomness --------------------------------------------------------------------------------
 
 
+MAX_SEED = 2**63 - 1  # seeds are stored as int64, as the config's and the command line's
+
+
 def generators_from_seeds(seeds: Sequence[int], device: torch.device | str = "cpu") -> list:
-    """One `torch.Generator` per image, so image k depends on seeds[k] alone."""
-    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+    """One `torch.Generator` per image, so image k depends on seeds[k] alone; each seed is an
+    integer of any library in [0, 2^63 - 1], else a DdimError naming `seeds`."""
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise DdimError(f"seeds must be a sequence of integers, got {seeds!r}", argument="seeds")
+    generators = []
+    for k, seed in enumerate(seeds):
+        try:
+            seed = as_int(seed, f"seeds[{k}]")
+        except DdimError as error:
+            raise DdimError(str(error), argument="seeds") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise DdimError(f"seeds[{k}]={seed} must lie in [0, 2^63 - 1]", argument="seeds")
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+    return generators
 
 
 def randn(
@@ -231,7 +252,8 @@ def randn(
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     if len(generator) != shape[0]:
-        raise DdimError(f"got {len(generator)} per-image generators for a batch of {shape[0]}")
+        raise DdimError(f"generator holds {len(generator)} per-image generators for a batch of "
+                        f"{shape[0]}", argument="generator")
     return torch.stack(
         [torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator]
     )
@@ -248,24 +270,61 @@ def walk(
     generator: Generator = None,
     clip_x0: bool = False,
     update: StepFunction = generalized_step,
+    name: str = "x",
 ) -> Iterator[Step]:
     """Apply `update` (eq. 12) along `plan`, yielding each step's x and x0_pred (on the device,
     not copied).
 
     No autograd graph is kept, whatever the model: each step runs under `torch.no_grad()`, so a
     network with trainable weights holds one step's activations at a time, not all S steps'.
+    A network that fails on its first call with x of a dtype other than float32 is a DdimError
+    naming the argument `name` that x came from.
     """
     x, previous = x.detach(), None
     for index, step in enumerate(plan):
         with torch.no_grad():
             t = torch.full((x.shape[0],), step.t_model, device=x.device, dtype=torch.long)
-            eps = eps_model(x, t)
+            eps = eps_model(x, t) if index else _first_call(eps_model, x, t, name)
             noise = None
             if step.noise_sigma > 0:
                 noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
             x, x0_pred = update(x, eps, step, noise, clip_x0=clip_x0, previous=previous)
         previous = Previous(step, x0_pred)
         yield Step(index, step.t_from, step.t_to, x, x0_pred)
+
+
+def _first_call(eps_model: EpsModel, x: torch.Tensor, t: torch.Tensor, name: str):
+    """The network's first call; a RuntimeError on x of another dtype than float32 (a float32
+    network given float64) is a DdimError naming `name`."""
+    try:
+        return eps_model(x, t)
+    except RuntimeError as error:
+        if x.dtype == torch.float32:
+            raise
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DdimError(
+            f"{name} is {str(x.dtype).removeprefix('torch.')} and the network failed on it "
+            f"({text}); give {name} in the network's dtype (float32 for the U-Net)",
+            argument=name,
+        ) from error
+
+
+def _latent(x, name: str) -> tuple[torch.Tensor, torch.dtype]:
+    """`x` (a tensor or NumPy array of floats) in the dtype the samplers compute in (float32
+    for float16 and bfloat16, else its own), and the dtype to return results in."""
+    if not isinstance(x, torch.Tensor):
+        if not hasattr(x, "__array__"):
+            raise DdimError(f"{name} must be a tensor or a NumPy array, got {type(x).__name__}",
+                            argument=name)
+        x = torch.as_tensor(x)
+    if not x.is_floating_point() or x.ndim < 1:
+        raise DdimError(
+            f"{name} must be a batch of floats in the model's range [-1, 1], got {x.dtype} of "
+            f"shape {tuple(x.shape)} (uint8 images go through ddim.to_model_range)",
+            argument=name,
+        )
+    dtype = x.dtype
+    return (x.float() if dtype in (torch.float16, torch.bfloat16) else x), dtype
 
 
 def _run(steps: Iterator[Step], x: torch.Tensor, callback: Callable[[Step], None] | None):
@@ -339,10 +398,13 @@ def sample(
     `steps` is S or an explicit timestep list; `skip` is "uniform", "quad", "trailing" or
     "logsnr" (see `ddim.timesteps`). η = 0 is deterministic DDIM, η = 1 matches DDPM's
     posterior. x_0 clipping is off by default (clipping makes DDIM non-invertible). The network
-    is called len(τ) times.
+    is called len(τ) times. The result has x_T's dtype (see the module's note on inputs).
     """
+    x, dtype = _latent(x_T, "x_T")
+    betas = as_betas(betas)
     plan = ddim_plan(betas, _tau(betas, steps, skip), eta)
-    return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
+    walked = walk(eps_model, x, plan, generator=generator, clip_x0=clip_x0, name="x_T")
+    return _run(walked, x, callback).to(dtype)
 
 
 def sample_ddpm(
@@ -362,8 +424,11 @@ def sample_ddpm(
     variance "small" is the posterior β̃, "large" is β (the DDIM paper's σ̂). x_0 is clipped to
     [−1, 1] by default, as in the official `ddpm_noisy` path.
     """
+    x, dtype = _latent(x_T, "x_T")
+    betas = as_betas(betas)
     plan = ddpm_plan(betas, _tau(betas, len(betas) if steps is None else steps, skip), variance)
-    return _run(walk(eps_model, x_T, plan, generator=generator, clip_x0=clip_x0), x_T, callback)
+    walked = walk(eps_model, x, plan, generator=generator, clip_x0=clip_x0, name="x_T")
+    return _run(walked, x, callback).to(dtype)
 
 
 def sample_dpmpp_2m(
@@ -384,8 +449,11 @@ def sample_dpmpp_2m(
     prediction yet) and the last (into clean data, h = ∞) are DDIM's η = 0 steps. Deterministic;
     x_0 clipping is off by default, as for DDIM.
     """
+    x, dtype = _latent(x_T, "x_T")
+    betas = as_betas(betas)
     plan = ddim_plan(betas, _tau(betas, steps, skip), eta=0.0)
-    return _run(walk(eps_model, x_T, plan, clip_x0=clip_x0, update=dpmpp_2m_step), x_T, callback)
+    walked = walk(eps_model, x, plan, clip_x0=clip_x0, update=dpmpp_2m_step, name="x_T")
+    return _run(walked, x, callback).to(dtype)
 
 
 def encode(
@@ -397,9 +465,12 @@ def encode(
     skip: str = "uniform",
     callback: Callable[[Step], None] | None = None,
 ) -> torch.Tensor:
-    """Encode x_0 → x_T by running the deterministic DDIM ODE upward (eqs. 13/14)."""
+    """Encode x_0 → x_T by running the deterministic DDIM ODE upward (eqs. 13/14), in x_0's
+    dtype."""
+    x, dtype = _latent(x_0, "x_0")
+    betas = as_betas(betas)
     plan = encode_plan(betas, _tau(betas, steps, skip))
-    return _run(walk(eps_model, x_0, plan), x_0, callback)
+    return _run(walk(eps_model, x, plan, name="x_0"), x, callback).to(dtype)
 
 
 def reconstruct(
@@ -410,31 +481,70 @@ def reconstruct(
     steps: int | Sequence[int],
     skip: str = "uniform",
 ) -> torch.Tensor:
-    """sample ∘ encode with η = 0 (the paper's Table 2): S calls up, S calls down."""
-    x_T = encode(eps_model, x_0, betas, steps=steps, skip=skip)
-    return sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0)
+    """sample ∘ encode with η = 0 (the paper's Table 2): S calls up, S calls down; the latent
+    between them is kept in the computing dtype, the result returned in x_0's."""
+    x, dtype = _latent(x_0, "x_0")
+    x_T = encode(eps_model, x, betas, steps=steps, skip=skip)
+    return sample(eps_model, x_T, betas, steps=steps, skip=skip, eta=0.0).to(dtype)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of latents per image (DDIM App. D.5):
     sin((1−α)θ)/sin θ · z0 + sin(αθ)/sin θ · z1, θ = arccos(⟨z0, z1⟩ / (‖z0‖‖z1‖)).
+
+    z0 and z1 are batches (B, …) of one shape, or single vectors (D,); tensors or NumPy arrays,
+    computed in float64 and returned in z0's dtype. Latents pointing the same way (θ < 1e-6)
+    are interpolated linearly, the limit of the formula: a latent with itself gives itself.
+    A pair pointing opposite ways (θ > π − 1e-6), a zero latent (no direction) or one holding
+    NaN or infinity is a DdimError naming the argument: opposite latents lie on infinitely many
+    great circles, none shorter, so there is no one slerp to give.
     """
-    a, b = z0.flatten(1).double(), z1.flatten(1).double()
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    z0, dtype = _latent(z0, "z0")
+    z1, _ = _latent(z1, "z1")
+    if z1.shape != z0.shape:
+        raise DdimError(f"z1 has shape {tuple(z1.shape)}, z0 {tuple(z0.shape)}: they must match",
+                        argument="z1")
+    a, b = (z.double().reshape(len(z) if z.dim() > 1 else 1, -1) for z in (z0, z1))
+    norms = _check_directions(a, b)
+    cos = (a * b).sum(1) / norms
     theta = torch.arccos(cos.clamp(-1, 1)).view(-1, *([1] * (z0.dim() - 1)))
     alpha = torch.as_tensor(alpha, dtype=torch.float64, device=z0.device)
     sin = torch.sin(theta)
     near = sin.abs() < 1e-6  # parallel latents: fall back to linear interpolation
+    opposite = (near.flatten() & (cos < 0)).nonzero()
+    if len(opposite):
+        raise DdimError(
+            f"z1 points opposite to z0 (image {int(opposite[0])}): the great circles through "
+            "them are all equally short, so slerp has no one path; perturb either latent",
+            argument="z1",
+        )
     w0 = torch.where(near, 1 - alpha, torch.sin((1 - alpha) * theta) / torch.where(near, 1, sin))
     w1 = torch.where(near, alpha, torch.sin(alpha * theta) / torch.where(near, 1, sin))
-    return (w0 * z0.double() + w1 * z1.double()).to(z0.dtype)
+    return (w0 * z0.double() + w1 * z1.double()).to(dtype)
+
+
+def _check_directions(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖a‖‖b‖ per row of two (B, D) float64 batches; a row that is zero or not finite is a
+    DdimError naming z0 or z1."""
+    norms = []
+    for name, z in (("z0", a), ("z1", b)):
+        norm = z.norm(dim=1)
+        bad = (~torch.isfinite(norm) | (norm == 0)).nonzero()
+        if len(bad):
+            k = int(bad[0])
+            what = "is zero" if norm[k] == 0 else "holds NaN or infinity"
+            raise DdimError(f"{name} {what} in image {k}: it has no direction to interpolate "
+                            "along", argument=name)
+        norms.append(norm)
+    return norms[0] * norms[1]
 
 
 def slerp_path(z0: torch.Tensor, z1: torch.Tensor, num: int) -> torch.Tensor:
     """`num` latents slerped from z0 to z1 (each (C, H, W)) at α = 0, 1/(num−1), …, 1; the ends
     are z0 and z1 exactly."""
+    num = as_int(num, "num")
     if num < 2:
-        raise DdimError(f"an interpolation needs num >= 2 images, got {num}")
+        raise DdimError(f"an interpolation needs num >= 2 images, got {num}", argument="num")
     alphas = torch.linspace(0, 1, num, dtype=torch.float64, device=z0.device)
     alphas = alphas.view(-1, *([1] * z0.dim()))
     return slerp(z0.expand(num, *z0.shape), z1.expand(num, *z1.shape), alphas)
@@ -453,7 +563,12 @@ def interpolate(
     """Interpolate two images through their DDIM encodings: encode, slerp, decode (App. D.5).
 
     `x0_a` and `x0_b` are single images (C, H, W) in [−1, 1]; returns (num, C, H, W), the first
-    and last being the reconstructions of `x0_a` and `x0_b`.
+    and last being the reconstructions of `x0_a` and `x0_b`, in `x0_a`'s dtype.
     """
-    z = encode(eps_model, torch.stack([x0_a, x0_b]), betas, steps=steps, skip=skip)
-    return sample(eps_model, slerp_path(z[0], z[1], num), betas, steps=steps, skip=skip, eta=0.0)
+    (a, dtype), (b, _) = _latent(x0_a, "x0_a"), _latent(x0_b, "x0_b")
+    if b.shape != a.shape:
+        raise DdimError(f"x0_b has shape {tuple(b.shape)}, x0_a {tuple(a.shape)}: they must "
+                        "match", argument="x0_b")
+    z = encode(eps_model, torch.stack([a, b.to(a.dtype)]), betas, steps=steps, skip=skip)
+    path = slerp_path(z[0], z[1], num)
+    return sample(eps_model, path, betas, steps=steps, skip=skip, eta=0.0).to(dtype)

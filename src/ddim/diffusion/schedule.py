@@ -7,6 +7,8 @@ Conventions (those of the official DDIM code, ermongroup/ddim):
   so the last step (τ_1 → −1) needs no special case.
 
 All tables are float64 on the CPU; samplers turn the few values they need into Python floats once.
+Betas may come as a tensor on any device, a NumPy array or a list (`as_betas`); counts as Python,
+NumPy or PyTorch integers (`ddim.scalars`).
 A schedule is checked where ᾱ is made (`alpha_bars`, which `make_betas` and every sampler call):
 β in (0, 1], and ᾱ never below float32's smallest normal number, so x_0 = (x_t − √(1 − ᾱ) ε)/√ᾱ
 stays finite; a schedule whose ᾱ reaches 0 (jsd's last β is 1) or underflows is refused.
@@ -15,7 +17,6 @@ stays finite; a schedule whose ᾱ reaches 0 (jsd's last β is 1) or underflows 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -59,6 +60,22 @@ def make_betas(
     return betas
 
 
+def as_betas(betas) -> torch.Tensor:
+    """β as a 1-D float64 tensor on the CPU, from a tensor (any device and float dtype), a NumPy
+    array or a sequence of numbers; anything else is a DdimError naming `betas`."""
+    try:
+        if not isinstance(betas, torch.Tensor):
+            betas = torch.as_tensor(betas)
+        betas = betas.detach().to("cpu", torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise DdimError(f"betas must be a 1-D tensor or array of numbers, got "
+                        f"{type(betas).__name__}", argument="betas") from None
+    if betas.ndim != 1 or len(betas) == 0:
+        raise DdimError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}",
+                        argument="betas")
+    return betas
+
+
 def _betas(kind: str, T: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """β_1..β_T of one of the schedules `make_betas` names (arguments already checked)."""
     f64 = torch.float64
@@ -93,9 +110,7 @@ def alpha_bars(betas: torch.Tensor) -> torch.Tensor:
     β must be finite and in (0, 1], and ᾱ must stay at or above `ALPHA_BAR_MIN`; else a DdimError
     naming the first t where it does not (every sampler would return NaN or infinity there).
     """
-    betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
-    if betas.ndim != 1 or len(betas) == 0:
-        raise DdimError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+    betas = as_betas(betas)
     bad = (~(torch.isfinite(betas) & (betas > 0) & (betas <= 1))).nonzero()
     if len(bad):
         t = int(bad[0])
@@ -147,8 +162,9 @@ def timesteps(
 ) -> list[int]:
     """The ascending sub-sequence τ of [0, T) that a sampler walks (DDIM paper, Sec. 4.2, App. D).
 
-    `steps` is S, the number of steps, or an explicit increasing list of timesteps (then `skip`
-    is ignored). `betas`, the schedule, is needed by `logsnr` only.
+    `steps` is S, the number of steps (a Python, NumPy or PyTorch integer), or an explicit
+    increasing list, array or 1-D tensor of timesteps (then `skip` is ignored). `betas`, the
+    schedule, is needed by `logsnr` only. The result holds Python ints.
     - uniform:  ⌊i·T/S⌋ for i = 0..S−1. When S divides T this is the official range(0, T, T // S);
                 otherwise the official code runs more than S steps (range(0, 1000, 1000 // 30) has
                 31 entries), while this gives exactly S.
@@ -164,10 +180,13 @@ def timesteps(
                 λ range is 9.7), so for large S several values land on one small t; repeats are
                 dropped, as for quad (S = 160 gives 144 distinct timesteps there).
     """
-    T = num_timesteps
-    if not isinstance(steps, int):
-        return _check_explicit(T, list(steps))
-    if isinstance(steps, bool) or steps < 1 or steps > T:
+    T = as_int(num_timesteps, "num_timesteps")
+    if T < 1:
+        raise DdimError(f"num_timesteps must be >= 1, got {T}", argument="num_timesteps")
+    steps = _count_or_list(steps)
+    if isinstance(steps, list):
+        return _check_explicit(T, steps)
+    if steps < 1 or steps > T:
         raise DdimError(f"steps must be between 1 and T = {T}, got {steps}", argument="steps")
     if skip == "uniform":
         return [i * T // steps for i in range(steps)]
@@ -178,16 +197,32 @@ def timesteps(
         return sorted({int(v) for v in grid.tolist()})
     if skip == "logsnr":
         return _logsnr_timesteps(T, steps, betas)
-    raise DdimError(f"unknown skip kind {skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+    raise DdimError(f"skip={skip!r} is not a skip kind: choose one of {', '.join(SKIP_KINDS)}",
+                    argument="skip")
+
+
+def _count_or_list(steps) -> int | list:
+    """S as a Python int (any library's integer, a 0-d tensor or array), or the explicit
+    timesteps of a sequence, array or 1-D tensor as a list."""
+    if getattr(steps, "ndim", 0) > 0:
+        return list(steps.tolist())
+    if isinstance(steps, (list, tuple, range)):
+        return list(steps)
+    try:
+        return as_int(steps, "steps")
+    except DdimError:
+        raise DdimError(f"steps={steps!r} must be an integer S or a list of timesteps",
+                        argument="steps") from None
 
 
 def _logsnr_timesteps(T: int, steps: int, betas: torch.Tensor | None) -> list[int]:
     """The distinct integer t nearest in λ to S values evenly spaced from λ_0 to λ_{T−1}."""
     if betas is None:
         raise DdimError("skip 'logsnr' spaces timesteps evenly in log-SNR, so it needs the betas")
+    betas = as_betas(betas)
     if len(betas) != T:
         raise DdimError(f"skip 'logsnr' got {len(betas)} betas for T = {T} timesteps")
-    lam = lambdas(alpha_bars(betas.detach().cpu()))  # decreasing in t
+    lam = lambdas(alpha_bars(betas))  # decreasing in t
     if not (torch.isfinite(lam[[0, -1]]).all() and (lam[1:] < lam[:-1]).all()):
         raise DdimError("skip 'logsnr' needs 0 < ᾱ_t < 1 decreasing in t, which these betas lack")
     targets = torch.linspace(float(lam[0]), float(lam[-1]), steps, dtype=torch.float64)
@@ -201,14 +236,17 @@ def _logsnr_timesteps(T: int, steps: int, betas: torch.Tensor | None) -> list[in
 def _check_explicit(T: int, seq: list[int]) -> list[int]:
     """Validate an explicit timestep list: non-empty integers, strictly increasing, in [0, T)."""
     if not seq:
-        raise DdimError("the explicit timestep list is empty")
+        raise DdimError("steps, the explicit timestep list, is empty", argument="steps")
     try:
-        seq = [operator.index(value) for value in seq]
-    except TypeError:
-        raise DdimError(f"timesteps must be integers, got {seq!r}") from None
+        seq = [as_int(value, "steps") for value in seq]
+    except DdimError:
+        raise DdimError(f"steps, the explicit timesteps, must be integers, got {seq!r}",
+                        argument="steps") from None
     if seq[0] < 0 or seq[-1] >= T:
-        raise DdimError(f"timesteps must lie in [0, {T}), got {seq[0]}..{seq[-1]}")
+        raise DdimError(f"steps, the explicit timesteps, must lie in [0, {T}), got "
+                        f"{seq[0]}..{seq[-1]}", argument="steps")
     for a, b in zip(seq, seq[1:]):
         if b <= a:
-            raise DdimError(f"timesteps must be strictly increasing, got {a} then {b}")
+            raise DdimError(f"steps, the explicit timesteps, must be strictly increasing, got "
+                            f"{a} then {b}", argument="steps")
     return seq
