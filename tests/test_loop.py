@@ -196,24 +196,19 @@ def _wait_for_checkpoint(run_dir: Path, after_step: int, timeout: float):
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ddim",
-            "train",
-            "--config",
-            "cifar10",
-            "--set",
-            "training.lr=1e-4",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """A dataset name is not fetched by a dry run; without data the config is still printed, and
+    the dry run refuses what the run would (no data.path)."""
+    command = [sys.executable, "-m", "ddim", "train", "--config", "cifar10", "--set",
+               "training.lr=1e-4", "--dry-run"]  # fmt: skip
+    env = dict(os.environ, DDIM_CACHE=str(tmp_path / "cache"), DDIM_OFFLINE="1")
+    out = subprocess.run([*command, "--data", "cifar10", "--subdir", "train"], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "lr: 0.0001" in out.stdout and "ch: 128" in out.stdout
+    assert not (tmp_path / "cache").exists()
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "data.path is not set" in out.stderr
+    assert "lr: 0.0001" in out.stdout
 
 
 def test_device_resolution_gives_cuda_an_index():

@@ -136,3 +136,12 @@ def test_train_step_runs_a_wrapped_model_that_has_no_truth_value():
     loss = train_step(state, torch.zeros(2, 3, 8, 8), alpha_bar, model=Wrapped(state.net),
                       objective=Objective.from_config(c), schedule=Schedule.from_config(c))
     assert math.isfinite(loss.item()) and state.step == 1
+
+
+def test_run_progress_is_the_further_of_steps_and_time():
+    from ddim.training.recipe import run_progress
+
+    assert run_progress(25, 100) == 0.25
+    assert run_progress(25, 100, elapsed=60.0, time_budget=120.0) == 0.5
+    assert run_progress(75, 100, elapsed=60.0, time_budget=120.0) == 0.75
+    assert run_progress(75, 100, elapsed=1e9) == 0.75  # no budget: time does not count

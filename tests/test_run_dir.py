@@ -167,3 +167,18 @@ def test_files_without_our_training_state_are_refused_for_resume_in_one_line(
     missing = subprocess.run(cli_train("--resume", str(tmp_path / "nothing")),
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
+
+
+def test_the_options_in_force_at_a_step_undo_the_later_changes():
+    """A branch from an older checkpoint takes the options its run had at that step."""
+    from ddim.training.run_dir import options_in_force
+
+    record = {"options": {"keep": 5, "amp": True, "checkpoint_every": 4},
+              "changes": [{"step": 3, "setting": "keep", "recorded": 2, "given": 4},
+                          {"step": 6, "setting": "keep", "recorded": 4, "given": 5},
+                          {"step": 6, "setting": "amp", "recorded": False, "given": True},
+                          {"step": 6, "setting": "training.lr", "recorded": 1, "given": 2}]}
+    assert options_in_force(record, 6) == record["options"]
+    assert options_in_force(record, 5) == {"keep": 4, "amp": False, "checkpoint_every": 4}
+    assert options_in_force(record, 2) == {"keep": 2, "amp": False, "checkpoint_every": 4}
+    assert options_in_force({}, 2) == {}

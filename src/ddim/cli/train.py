@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop at this step in this invocation (--resume goes on)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--no-amp", "--fp32", action="store_true",
-                        help="train in float32 even where bf16 autocast is the fast path")
+                        help="train in float32 even where bf16 autocast is the fast path (a "
+                        "resume keeps the run's arithmetic)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network block by block (docs/performance.md)")
     parser.add_argument("--checkpoint-every", type=int,
@@ -72,12 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the decoded images are kept, as uint8, for the next run on "
                              "the same files (default: decoded/ in the cache, $DDIM_CACHE or "
                              "~/.cache/ddim)")
-    parser.add_argument("--dry-run", action="store_true", help="print the config and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the config, make every check the run makes before its work "
+                        "(data, --init, run directory, what a resume may change), and stop")
     add_overwrite_argument(parser)
-
-
-# What a resumed run keeps from its checkpoint: the network, the schedule, the image size.
-FIXED_ON_RESUME = ("model", "diffusion", "data.image_size", "data.channels")
 
 
 def resolve_config(args):
@@ -96,77 +95,99 @@ def resolve_config(args):
 
 
 def _resolve(args, overrides):
-    """The config from --config, or from the resumed checkpoint, with `overrides` applied."""
+    """The config from --config, or from the resumed checkpoint, with `overrides` applied (what
+    a resume may not change is refused by `ddim.training.resume.plan_run`)."""
     if not args.resume:
         return apply_overrides(load_config(args.config), overrides)
     from ddim.checkpoint import load_checkpoint
     from ddim.training import latest_checkpoint
 
     saved = load_checkpoint(latest_checkpoint(args.resume)).config
-    config = apply_overrides(saved, overrides)
-    old, new = saved.to_dict(), config.to_dict()
-    for section, values in new.items():
-        for key, value in values.items():
-            name = f"{section}.{key}"
-            if value != old[section][key] and name.startswith(FIXED_ON_RESUME):
-                raise DdimError(
-                    f"--set {name}={value} would change the resumed run's {name} "
-                    f"({old[section][key]}): its weights and schedule are fixed by its "
-                    "checkpoint; start a new run to change it"
-                )
-    return config
-
+    return apply_overrides(saved, overrides)
 
 
 def run(args) -> int:
-    """Resolve the config, print it, and train (unless --dry-run)."""
+    """Resolve the config, print it, make the run's checks, and train (unless --dry-run)."""
     config = resolve_config(args)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(dump_config(config), end="")
+    settings = _run_settings(args)
+    dataset = _check(args, config, settings, rank)
     if args.dry_run:
         return 0
+    from ddim.data import load_all
     from ddim.device import parse_device
-    from ddim.training import load_training_images, train
-    from ddim.training.warm_start import load_init_checkpoint
+    from ddim.training import train
 
-    check_count(args.workers, "--workers", least=0)
-    for flag, value, least in (("--keep", args.keep, 1), ("--log-every", args.log_every, 1),
-                               ("--checkpoint-every", args.checkpoint_every, 1),
-                               ("--sample-every", args.sample_every, 0),
-                               ("--max-steps", args.max_steps, 1)):  # fmt: skip
-        if value is not None:
-            check_count(value, flag, least=least)
-    device = parse_device(args.device)
-    init = _init_path(args.init)
-    if init is not None:
-        load_init_checkpoint(init, config)  # refused here, before a run directory is made
-    # and the data is read before the run directory too: a bad path makes none
-    images = load_training_images(config, cache_dir=args.cache_dir, workers=args.workers,
-                                  progress=rank == 0)  # fmt: skip
+    # the data is read before the run directory is made: a bad path makes none
+    images = load_all(dataset, workers=args.workers, progress=rank == 0,
+                      cache_dir=args.cache_dir)  # fmt: skip
     run_dir = _run_dir(args, config, rank)
     if rank == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     last = train(
         config,
         run_dir,
-        device=device,
+        device=parse_device(args.device),
         resume=args.resume,
-        init=init,
+        init=_init_path(args.init),
         max_steps=args.max_steps,
-        time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
-        amp=False if args.no_amp else None,
         compile=args.compile,
-        checkpoint_every=args.checkpoint_every,
-        keep=args.keep,
-        sample_every=args.sample_every,
-        log_every=args.log_every,
         images=images,
         overwrite=args.overwrite,
+        **settings,
     )
     if rank == 0:
         print(f"last checkpoint: {last}")
     return 0
+
+
+def _run_settings(args) -> dict:
+    """The run options the flags give (`ddim.training.run_dir.RunOptions`; None: not given, so a
+    resume keeps the run's)."""
+    for flag, value, least in (("--keep", args.keep, 1), ("--log-every", args.log_every, 1),
+                               ("--checkpoint-every", args.checkpoint_every, 1),
+                               ("--sample-every", args.sample_every, 0),
+                               ("--max-steps", args.max_steps, 1)):  # fmt: skip
+        if value is not None:
+            check_count(value, flag, least=least)
+    return dict(
+        time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
+        amp=False if args.no_amp else None,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
+        sample_every=args.sample_every,
+        log_every=args.log_every,
+    )
+
+
+def _check(args, config, settings: dict, rank: int):
+    """Every check the run makes before its work, for the run and --dry-run alike: the device,
+    --workers, the run directory, --init against the config and what a --resume may change
+    (`ddim.training.resume.plan_run`), and the data (opened, not decoded; a dataset name is
+    fetched by the run, not by --dry-run). Returns the opened dataset."""
+    import torch
+
+    from ddim.device import parse_device, resolve_device
+    from ddim.training.loop import open_training_data
+    from ddim.training.resume import plan_run
+    from ddim.training.run_dir import check_run_dir
+
+    check_count(args.workers, "--workers", least=0)
+    device = resolve_device(parse_device(args.device), int(os.environ.get("LOCAL_RANK", "0")),
+                            torch.cuda.is_available())  # fmt: skip
+    run_dir = _known_run_dir(args)
+    if run_dir is not None:
+        check_run_dir(run_dir, args.resume, args.overwrite)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DdimError("under torchrun, pass --run-dir so that every rank writes to one folder")
+    plan = plan_run(config, run_dir, device=device, resume=args.resume,
+                    init=_init_path(args.init), **settings)  # fmt: skip
+    if args.dry_run and rank == 0:
+        for note in plan.notes():
+            print(note, file=sys.stderr)
+    return open_training_data(config, fetch=not args.dry_run)
 
 
 def parse_duration(text: str) -> float:
@@ -193,16 +214,23 @@ def _init_path(init: str | None) -> Path | None:
     return Path(init)
 
 
-def _run_dir(args, config, rank: int) -> Path:
-    """--run-dir, the resumed run's folder, or a new numbered folder (shared by all ranks)."""
-    from ddim.training import new_run_dir
-
+def _known_run_dir(args) -> Path | None:
+    """--run-dir, or the resumed run's folder; None for a new numbered folder."""
     if args.run_dir:
         return Path(args.run_dir)
     if args.resume:
         path = Path(args.resume)
         return path.parent.parent if path.is_file() else path
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise DdimError("under torchrun, pass --run-dir so that every rank writes to one folder")
+    return None
+
+
+def _run_dir(args, config, rank: int) -> Path:
+    """--run-dir, the resumed run's folder, or a new numbered folder (one process only: under
+    torchrun `_check` asks for --run-dir)."""
+    from ddim.training import new_run_dir
+
+    known = _known_run_dir(args)
+    if known is not None:
+        return known
     name = Path(config.data.path or "data").stem.replace("_", "-")
     return new_run_dir(args.runs, f"{name}-{config.data.image_size}px")

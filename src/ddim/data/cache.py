@@ -1,9 +1,14 @@
-"""Decode a dataset once into one uint8 tensor, in parallel, cached on disk between runs."""
+"""Decode a dataset once into one uint8 tensor, in parallel, cached on disk between runs.
+
+The cache is optional: one that cannot be read is decoded again, and one that cannot be written
+(a read-only folder, a full disk) is a one-line warning; the images are returned either way.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import safetensors
@@ -50,6 +55,7 @@ def load_all(
     stored there as <name>-<key hash>.safetensors (tensor "images", metadata "key" =
     `dataset.fingerprint()`) and read back instead of decoding while the files and options match
     (arrays that need no decoding, like CIFAR batches at 32x32, are returned without a cache).
+    A cache that cannot be written is a warning, not an error.
     """
     if workers < 0:
         raise DdimError(f"workers must be >= 0, got {workers}")
@@ -85,10 +91,10 @@ def _decode_all(dataset: ImageDataset, workers: int, progress: bool) -> torch.Te
 
 
 def _read_cache(cache: Path, key: str) -> torch.Tensor | None:
-    """The cached images if the file exists and was made for this key, else None."""
-    if not cache.is_file():
-        return None
+    """The cached images if the file exists, can be read and was made for this key, else None."""
     try:
+        if not cache.is_file():
+            return None
         with safetensors.safe_open(str(cache), framework="pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
@@ -98,6 +104,10 @@ def _read_cache(cache: Path, key: str) -> torch.Tensor | None:
 
 
 def _write_cache(cache: Path, key: str, images: torch.Tensor) -> None:
-    """Write the images and their key atomically."""
+    """Write the images and their key atomically; a failure is a one-line warning."""
     tensors = {"images": images.contiguous()}
-    atomic_write(cache, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
+    try:
+        atomic_write(cache, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
+    except (DdimError, OSError, safetensors.SafetensorError) as error:
+        warnings.warn(f"decoded images not cached, going on without the cache: {error}",
+                      stacklevel=3)

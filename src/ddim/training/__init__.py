@@ -5,7 +5,9 @@
     loop        `train`: batches, logging, checkpoints, signals, torchrun, time budgets
     state       where a run starts (fresh, resumed, warm-started) and its checkpoints
     warm_start  a new run from another checkpoint's weights (`--init`)
-    log         progress bar, metrics.jsonl, TensorBoard
+    resume      what a run does, settled before any work (`plan_run`): a resume restores the
+                run's settings, names and records a change, refuses one the run cannot make
+    log         progress bar, metrics.jsonl, TensorBoard; the metrics' definitions (`METRICS`)
     run_dir     run folders, their records, and the checkpoint a resume starts from
 """
 

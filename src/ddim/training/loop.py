@@ -1,11 +1,15 @@
 """The training loop: DDPM's recipe (Ho et al. 2020, the reference trainer behind FID 3.17), run
 step by step (`ddim.training.recipe.train_step`) with checkpoints, logs and exact resume.
 
-Everything that decides the weights is in the `Config` (saved in every checkpoint); `train`
-resolves it once at its head into the numbers the steps use (`Schedule`, `Objective`, the batch
-per process), and its keyword arguments decide only how the run is carried out (`RunOptions`,
-recorded in the run directory so that a resume keeps them). Runs resume exactly
+Everything that decides the weights is in the `Config` (saved in every checkpoint) and in the
+run's `RunOptions` (the arithmetic and the time budget, beside the cadence of checkpoints, samples
+and logs; recorded in the run directory). `train` settles both once at its head (`plan_run`:
+restored on resume, a change named and recorded or refused) and resolves them into the numbers
+the steps use (`Schedule`, `Objective`, the batch per process). Runs resume exactly
 (`ddim.training.state`): the data order follows from the step (`ddim.data.infinite_batches`).
+
+Writing the sample grids and TensorBoard's events is optional work: a failure to write them is a
+one-line warning, and the run goes on without them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,22 @@ import contextlib
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from ddim.config import Config, dump_config
-from ddim.data import infinite_batches, load_all, open_dataset, to_model_range, to_uint8
-from ddim.device import distributed_context, native_bf16
+from ddim.data import (
+    ImageDataset,
+    infinite_batches,
+    is_dataset_name,
+    load_all,
+    open_dataset,
+    to_model_range,
+    to_uint8,
+)
+from ddim.device import distributed_context
 from ddim.diffusion.samplers import sample
 from ddim.diffusion.schedule import alpha_bars
 from ddim.errors import DdimError
@@ -33,14 +46,11 @@ from ddim.training.recipe import (
     Schedule,
     TrainState,
     compiled_gradient_errors,
+    run_progress,
     train_step,
 )
-from ddim.training.run_dir import (
-    RunOptions,
-    claim_run_dir,
-    resolve_run_options,
-    write_run_record,
-)
+from ddim.training.resume import RunPlan, plan_run
+from ddim.training.run_dir import RunOptions, claim_run_dir, write_run_record
 from ddim.training.state import Started, save_state, start_state, write_init_record
 
 
@@ -67,17 +77,24 @@ class _StopFlag:
         self.signal = signum
 
 
+def open_training_data(config: Config, *, fetch: bool = True) -> ImageDataset | None:
+    """The configured dataset, opened: its files found, listed and checked, nothing decoded. A
+    dataset name not fetched yet is left to the run (None) unless `fetch`."""
+    path = config.data.path
+    if path is None:
+        raise DdimError("data.path is not set: pass --data PATH (a folder, zip or cifar-10 folder)")
+    if not fetch and not Path(path).exists() and is_dataset_name(path):
+        return None
+    return open_dataset(path, subdir=config.data.subdir, resolution=config.data.image_size,
+                        channels=config.data.channels)  # fmt: skip
+
+
 def load_training_images(
     config: Config, *, cache_dir=None, workers: int = 0, progress: bool = True
 ) -> torch.Tensor:
     """The configured dataset as one uint8 tensor (N, C, H, W) on the CPU."""
-    if config.data.path is None:
-        raise DdimError("data.path is not set: pass --data PATH (a folder, zip or cifar-10 folder)")
-    dataset = open_dataset(
-        config.data.path, subdir=config.data.subdir, resolution=config.data.image_size,
-        channels=config.data.channels,
-    )
-    return load_all(dataset, workers=workers, progress=progress, cache_dir=cache_dir)
+    return load_all(open_training_data(config), workers=workers, progress=progress,
+                    cache_dir=cache_dir)  # fmt: skip
 
 
 def train(
@@ -113,9 +130,12 @@ def train(
     max_steps         stop at this step in this invocation (the schedule still ends at
                       `training.n_iters`)
     time_budget       seconds of training for the whole run: it stops when they are spent, and
-                      `training.lr_decay_fraction` decays the rate over their last share
+                      `training.lr_decay_fraction` decays the rate over their last share. A
+                      resume keeps the recorded budget; one given anew is applied while the rate
+                      is flat, and refused once its decay has begun (`ddim.training.resume`)
     amp               bf16 autocast for the network; default on where bf16 is native (CUDA, and
-                      CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`)
+                      CPUs with AVX-512 BF16 or AMX: `ddim.device.native_bf16`); a resume keeps
+                      the run's
     compile           torch.compile the network
     channels_last     NHWC weights and batches (faster convolutions on CPUs and GPUs)
     checkpoint_every  steps between checkpoints (default `training.snapshot_freq`)
@@ -126,9 +146,10 @@ def train(
     overwrite         start afresh in a `run_dir` holding another run's checkpoints, deleting
                       them (without it, or `resume` of that run, such a folder is refused)
 
-    The run options (`checkpoint_every` to `time_budget`) are recorded in `run_dir/run.json`: a
-    resume reuses those it is not given. One training at a time writes a run directory
-    (`ddim.training.run_dir.claim_run_dir`).
+    The run options (`time_budget`, `amp`, `checkpoint_every` to `log_every`) are recorded in
+    `run_dir/run.json`: a resume restores those it is not given, and records those it is given
+    anew as changes (`ddim.training.resume.plan_run`, which also refuses what the run cannot
+    do). One training at a time writes a run directory (`ddim.training.run_dir.claim_run_dir`).
     """
     if max_steps is not None and max_steps < 1:
         raise DdimError(f"max_steps must be >= 1, got {max_steps}")
@@ -138,20 +159,19 @@ def train(
     if schedule.batch_size % world_size:
         raise DdimError(f"batch size {schedule.batch_size} is not divisible by {world_size} ranks")
     local_batch = schedule.batch_size // world_size
-    amp = native_bf16(device) if amp is None else amp
-    given = dict(checkpoint_every=checkpoint_every, keep=keep, sample_every=sample_every,
-                 log_every=log_every, time_budget=time_budget)  # fmt: skip
-    snapshot = config.training.snapshot_freq
-    default = RunOptions(checkpoint_every=checkpoint_every or snapshot,
-                         sample_every=checkpoint_every or snapshot)  # fmt: skip
+    given = dict(time_budget=time_budget, amp=amp, checkpoint_every=checkpoint_every, keep=keep,
+                 sample_every=sample_every, log_every=log_every)  # fmt: skip
 
     claim = claim_run_dir(run_dir, resume, overwrite) if rank == 0 else contextlib.nullcontext()
     with claim:
-        options = resolve_run_options(run_dir, resume is not None, given, default)
+        plan = plan_run(config, run_dir, device=device, resume=resume, init=init, **given)
+        options, amp = plan.options, plan.options.amp
         started = start_state(config, device, resume=resume, init=init,
                               channels_last=channels_last)  # fmt: skip
         if rank == 0:
-            _write_records(run_dir, config, options, started, resume)
+            for note in plan.notes():
+                print(note, file=sys.stderr)
+            _write_records(run_dir, config, plan, started, resume)
         if images is None:
             images = load_training_images(
                 config, cache_dir=cache_dir, workers=workers, progress=progress and rank == 0
@@ -164,7 +184,9 @@ def train(
         end = min(max_steps or config.training.n_iters, config.training.n_iters)
         log = TrainLog(run_dir, schedule.batch_size, rank == 0, progress,
                        start=started.state.step, end=end, cpu=started.cpu_seconds,
-                       budget=options.time_budget, elapsed=started.elapsed)  # fmt: skip
+                       cpu_hours_before=(started.origin or {}).get("cpu_hours") or 0.0,
+                       world_size=world_size, budget=options.time_budget,
+                       elapsed=started.elapsed)  # fmt: skip
         loop = _Loop(config, run_dir, started, options, schedule, objective, rank, world_size)
         model = _wrap(started.state.net, device, world_size, compile)
         if compile:
@@ -185,6 +207,7 @@ class _Loop:
         self.alpha_bar = alpha_bars(config.diffusion.betas()).to(_device_of(self.state),
                                                                  torch.float32)
         self.clock = time.perf_counter()
+        self.grids = options.sample_every > 0 and rank == 0
 
     def elapsed(self) -> float:
         """Seconds of training the run has taken, its earlier invocations included."""
@@ -193,13 +216,16 @@ class _Loop:
     def progress(self) -> float:
         """How far through the run the next step is: steps over `n_iters`, or time over the
         budget, whichever is further."""
-        p = self.state.step / self.config.training.n_iters
-        if self.options.time_budget is not None:
-            p = max(p, self.elapsed() / self.options.time_budget)
-        return p
+        return run_progress(self.state.step, self.config.training.n_iters, self.elapsed(),
+                            self.options.time_budget)  # fmt: skip
 
     def run(self, model, batches, log: TrainLog, *, end: int, amp: bool) -> Path | None:
-        """Train until step `end`, the time budget or SIGTERM/SIGINT; return the last checkpoint."""
+        """Train until step `end`, the time budget or SIGTERM/SIGINT; return the last checkpoint.
+
+        One process stops at the step its signal or budget end comes. Under torchrun the ranks
+        must stop at one step, so the wish to stop is agreed at the next metrics line or
+        checkpoint (`TrainLog.flush` gathers it with the loss): the run stops there if any rank
+        wishes to, at most `log_every` steps later, with a checkpoint."""
         state, options, stop, last = self.state, self.options, _StopFlag(), None
         x_T = self._fixed_noise()
         done = state.step >= end or self.progress() >= 1
@@ -213,14 +239,16 @@ class _Loop:
                 )  # fmt: skip
                 step = state.step
                 log.add(step, loss, self.schedule.learning_rate(step - 1, progress))
-                done = step >= end or stop.signal is not None or self.progress() >= 1
-                if step % options.log_every == 0 or done:
-                    log.flush(step, state.images)
-                if step % options.checkpoint_every == 0 or done:
-                    log.flush(step, state.images)
-                    last = self._save(log.cpu_seconds())
-                if options.sample_every and step % options.sample_every == 0 and self.rank == 0:
-                    _sample_grid(self.run_dir, self.config, state.ema, x_T, step, amp)
+                wish = stop.signal is not None or self.progress() >= 1
+                done = step >= end or (wish and self.world_size == 1)
+                checkpoint = step % options.checkpoint_every == 0
+                if step % options.log_every == 0 or checkpoint or done:
+                    done = log.flush(step, state.images, stop=wish) or done
+                if checkpoint or done:
+                    last = self._save(log.run_cpu_seconds())
+                if self.grids and step % options.sample_every == 0:
+                    self.grids = _sample_grid(self.run_dir, self.config, state.ema, x_T, step,
+                                              amp)  # fmt: skip
         log.close()
         last = last or self.started.resumed  # a resumed run whose end had already come
         if stop.signal is not None and self.rank == 0:
@@ -273,17 +301,13 @@ def _check_compiled(loop: _Loop, model, images: torch.Tensor, amp: bool) -> None
         )
 
 
-def _write_records(run_dir: Path, config: Config, options: RunOptions, started: Started,
+def _write_records(run_dir: Path, config: Config, plan: RunPlan, started: Started,
                    resume) -> None:  # fmt: skip
-    """The run directory's config.yml, run.json (with the branch's source, when a checkpoint of
-    another run directory is continued here) and, for a warm start, init.json."""
+    """The run directory's config.yml, run.json (options, changes, and the branch's source, when
+    a checkpoint of another run directory is continued here) and, for a warm start, init.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yml", dump_config(config))
-    branched = None
-    resumed = started.resumed
-    if resumed is not None and resumed.resolve().parent != (run_dir / "checkpoints").resolve():
-        branched = {"checkpoint": str(resumed.resolve()), "step": started.state.step}
-    write_run_record(run_dir, options, branched)
+    write_run_record(run_dir, plan.options, list(plan.history), plan.branched_from)
     if started.origin is not None and resume is None:
         write_init_record(run_dir, started.origin)
 
@@ -295,9 +319,15 @@ def _layout(channels_last: bool, batches):
 
 
 @torch.no_grad()
-def _sample_grid(run_dir: Path, config: Config, ema, x_T, step: int, amp: bool) -> None:
-    """A grid of DDIM samples of the EMA model from the run's fixed x_T."""
+def _sample_grid(run_dir: Path, config: Config, ema, x_T, step: int, amp: bool) -> bool:
+    """A grid of DDIM samples of the EMA model from the run's fixed x_T; whether grids can go on
+    being written (a grid that cannot be written is a warning: the run goes on without them)."""
     s = config.sampling
     with torch.autocast(x_T.device.type, dtype=torch.bfloat16, enabled=amp):
         x_0 = sample(ema, x_T, config.diffusion.betas(), steps=s.steps, skip=s.skip, eta=s.eta)
-    save_grid(to_uint8(x_0), run_dir / "samples" / f"step-{step:08d}.png")
+    try:
+        save_grid(to_uint8(x_0), run_dir / "samples" / f"step-{step:08d}.png")
+    except (DdimError, OSError) as error:
+        warnings.warn(f"no more sample grids in this run: {error}", stacklevel=2)
+        return False
+    return True

@@ -100,6 +100,16 @@ class Schedule:
         return 0.5 ** (self.batch_size / max(halflife, 1e-8))
 
 
+def run_progress(step: int, n_iters: int, elapsed: float = 0.0,
+                 time_budget: float | None = None) -> float:  # fmt: skip
+    """How far through its run the update at `step` is (the `progress` of `learning_rate`):
+    step / n_iters, or for a run with a time budget elapsed / time_budget, whichever is further."""
+    progress = step / n_iters
+    if time_budget is not None:
+        progress = max(progress, elapsed / time_budget)
+    return progress
+
+
 @dataclass(frozen=True)
 class Objective:
     """What one step minimises: DDPM's ε-loss over T timesteps (`ddim.diffusion.loss`), with the

@@ -1,8 +1,9 @@
 """Run directories: where a run writes, how it is found again, and which checkpoint it resumes.
 
     RUN/config.yml                 the resolved config
-    RUN/run.json                   how the run is carried out (`RunOptions`), and where it
-                                   branched from; a resume reuses the options it is not given
+    RUN/run.json                   the run record: the settings outside its config
+                                   (`RunOptions`), the changes a resume made to them or to the
+                                   config, and where it branched from (`ddim.training.resume`)
     RUN/init.json                  the checkpoint a warm start began from (`warm_start`)
     RUN/checkpoints/ckpt-<step>.*  checkpoints (`ddim.checkpoint.format`), the newest few kept
     RUN/samples/step-<step>.png    sample grids of the EMA model
@@ -41,14 +42,19 @@ RUN_OUTPUTS = (
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is carried out (nothing here changes what a step computes).
+    """The settings of a run that its config does not hold. The run record keeps them, and a
+    resume restores them (`ddim.training.resume`): given anew, each is a change the record names,
+    or, where the learning rate would jump, refused.
 
+    Arithmetic and schedule:
+    amp               bf16 autocast for the network's forward pass (False: float32)
+    time_budget       seconds of training the run may take over all its invocations, or None;
+                      with `training.lr_decay_fraction` the rate decays over its last share
+    How the run is carried out (nothing here changes what a step computes):
     checkpoint_every  steps between checkpoints
     keep              checkpoints kept on disk, the highest steps
     sample_every      steps between sample grids of the EMA model (0: none)
     log_every         steps between metric lines (and non-finite-loss checks)
-    time_budget       seconds of training the run may take over all its invocations, or None;
-                      with `training.lr_decay_fraction` the rate decays over its last share
     """
 
     checkpoint_every: int
@@ -56,34 +62,44 @@ class RunOptions:
     sample_every: int = 0
     log_every: int = 100
     time_budget: float | None = None
+    amp: bool = False
 
     def __post_init__(self):
         for name, least in (("checkpoint_every", 1), ("keep", 1), ("sample_every", 0),
                             ("log_every", 1)):  # fmt: skip
             if getattr(self, name) < least:
-                raise DdimError(f"{name} must be >= {least}, got {getattr(self, name)}")
+                raise DdimError(f"{name} must be >= {least}, got {getattr(self, name)}",
+                                argument=name)  # fmt: skip
         if self.time_budget is not None and not self.time_budget > 0:
-            raise DdimError(f"time_budget must be > 0 seconds, got {self.time_budget}")
+            raise DdimError(f"time_budget must be > 0 seconds, got {self.time_budget}",
+                            argument="time_budget")  # fmt: skip
 
 
-def resolve_run_options(run_dir: Path, resumed: bool, given: dict, default: RunOptions):
-    """The options of this invocation: those `given` (not None), else, for a resumed run, the
-    ones recorded in `run_dir/run.json`, else `default`."""
-    recorded = {}
-    if resumed and (run_dir / RUN_RECORD).is_file():
-        recorded = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))["options"]
-    values = dataclasses.asdict(default) | recorded
-    values |= {key: value for key, value in given.items() if value is not None}
-    return RunOptions(**values)
+def read_run_record(run_dir: Path | None) -> dict:
+    """The run record of `run_dir` (`run.json`): {"options", "changes", "branched_from"}, or {}
+    where there is none."""
+    if run_dir is None or not (run_dir / RUN_RECORD).is_file():
+        return {}
+    return json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
 
 
-def write_run_record(run_dir: Path, options: RunOptions, branched_from: dict | None) -> None:
-    """Record the run's options (and the checkpoint a branch started from) in `run.json`."""
-    previous = {}
-    if (run_dir / RUN_RECORD).is_file():
-        previous = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
-    record = {"options": dataclasses.asdict(options),
-              "branched_from": branched_from or previous.get("branched_from")}  # fmt: skip
+def options_in_force(record: dict, step: int) -> dict:
+    """The options a run record held at `step`: its options with the changes made after `step`
+    undone, newest first (a branch from an older checkpoint takes the options of its step)."""
+    options = dict(record.get("options", {}))
+    for change in reversed(record.get("changes", [])):
+        if change["step"] > step and change["setting"] in options:
+            options[change["setting"]] = change["recorded"]
+    return options
+
+
+def write_run_record(run_dir: Path, options: RunOptions, changes: list[dict],
+                     branched_from: dict | None) -> None:  # fmt: skip
+    """Write the run record: the options in force, every change made to the run on resume
+    ({"step", "setting", "recorded", "given"}, oldest first), and the checkpoint a branch began
+    from."""
+    record = {"options": dataclasses.asdict(options), "changes": changes,
+              "branched_from": branched_from}  # fmt: skip
     write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
 
 
@@ -143,21 +159,30 @@ def claim_run_dir(
     the earlier run's files first)."""
     run_dir = Path(run_dir)
     with folder_lock(run_dir / ".lock", f"run directory {run_dir}"):
-        found = run_checkpoints(run_dir)
-        continued = resume is not None and _same_run(latest_checkpoint(resume), run_dir)
-        if continued and not overwrite:
-            _refuse_rollback(latest_checkpoint(resume), found, run_dir)
-        if found and overwrite:
+        check_run_dir(run_dir, resume, overwrite)
+        if overwrite and run_checkpoints(run_dir):
             _delete_run_outputs(run_dir)
-        elif found and not continued:
-            hint = f"pass --resume {run_dir} to continue it"
-            if resume is not None:
-                hint = f"--resume {resume} continues another run"
-            raise DdimError(
-                f"run directory {run_dir} already holds checkpoints (newest {found[-1].name}); "
-                f"{hint}, --overwrite deletes them, or choose another --run-dir"
-            )
         yield
+
+
+def check_run_dir(
+    run_dir: str | Path, resume: str | Path | None = None, overwrite: bool = False
+) -> None:
+    """Refuse what `claim_run_dir` refuses (a folder holding checkpoints of a run that `resume`
+    does not continue, a rollback in place), taking no lock and changing nothing."""
+    run_dir = Path(run_dir)
+    found = run_checkpoints(run_dir)
+    continued = resume is not None and _same_run(latest_checkpoint(resume), run_dir)
+    if continued and not overwrite:
+        _refuse_rollback(latest_checkpoint(resume), found, run_dir)
+    if found and not continued and not overwrite:
+        hint = f"pass --resume {run_dir} to continue it"
+        if resume is not None:
+            hint = f"--resume {resume} continues another run"
+        raise DdimError(
+            f"run directory {run_dir} already holds checkpoints (newest {found[-1].name}); "
+            f"{hint}, --overwrite deletes them, or choose another --run-dir"
+        )
 
 
 def _refuse_rollback(source: Path, found: list[Path], run_dir: Path) -> None:

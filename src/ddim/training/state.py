@@ -20,6 +20,7 @@ from ddim.checkpoint import load_checkpoint, save_checkpoint
 from ddim.config import Config
 from ddim.errors import DdimError
 from ddim.files import write_text
+from ddim.training.log import lineage_cpu_hours
 from ddim.training.recipe import TrainState, init_training
 from ddim.training.run_dir import latest_checkpoint, prune_checkpoints
 from ddim.training.warm_start import INIT_RECORD, load_init_checkpoint, warm_start
@@ -73,7 +74,8 @@ def save_state(
     origin: dict | None,
     keep: int,
 ) -> Path:
-    """Write an atomic checkpoint with the full training state; keep the `keep` highest steps."""
+    """Write an atomic checkpoint with the full training state; keep the `keep` highest steps.
+    `cpu_seconds` are the run's (every process, every invocation), `elapsed` its wall seconds."""
     step = state.step
     if not all(torch.isfinite(p).all() for p in state.net.parameters()):
         raise DdimError(f"non-finite weights at step {step}; not overwriting earlier checkpoints")
@@ -105,9 +107,9 @@ def save_state(
 
 def _lineage(state: TrainState, cpu_seconds: float, origin: dict | None) -> dict:
     """What a checkpoint says of its weights' history: images seen, CPU hours (the warm start's
-    included where it recorded them), and the warm start itself."""
-    before = (origin or {}).get("cpu_hours") or 0.0
-    return {"images_seen": state.images, "cpu_hours": before + cpu_seconds / 3600, "init": origin}
+    included where it recorded them: `ddim.training.log.METRICS`), and the warm start itself."""
+    hours = lineage_cpu_hours((origin or {}).get("cpu_hours"), cpu_seconds)
+    return {"images_seen": state.images, "cpu_hours": hours, "init": origin}
 
 
 def _restore(path: Path, state: TrainState, config: Config) -> Started:
