@@ -391,3 +391,11 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     save_tiny(path, load_config("tiny"), step=99, train_state={"step": 99})
     assert not list(tmp_path.glob(".*.tmp"))
     assert len(list(tmp_path.glob("last.train-*.pt"))) == 1
+
+
+def test_the_same_checkpoint_saved_twice_is_the_same_bytes(tmp_path, config):
+    """The safetensors writer orders metadata by a hash map seeded on each call; save_checkpoint
+    sorts it, so equal inputs give equal files (and equal SHA-256s in records)."""
+    files = [save_tiny(tmp_path / f"{k}.safetensors", config) for k in range(4)]
+    assert len({path.read_bytes() for path in files}) == 1
+    assert load_checkpoint(files[0]).step == 5

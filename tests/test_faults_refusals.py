@@ -200,3 +200,53 @@ def test_a_table_of_a_few_images_per_cell_says_so(tiny_checkpoint, tmp_path, cap
                  "-o", str(tmp_path / "t")]) == 0  # fmt: skip
     assert "caution: each cell scores 3 images" in capsys.readouterr().out
     assert "3 images" in json.loads((tmp_path / "t" / "table.json").read_text())["caution"]
+
+
+def test_a_file_made_again_in_one_process_is_hashed_again(tmp_path):
+    from ddim.files import cached_file_sha256, file_sha256
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"one")
+    first = cached_file_sha256(str(path))
+    path.write_bytes(b"two, longer")
+    assert cached_file_sha256(str(path)) == file_sha256(path) != first
+
+
+@pytest.mark.parametrize("command", [["table", "--ref", "r.npz"], ["oracle"],
+                                     ["fid", "calc", "x", "--ref", "r.npz"],
+                                     ["fid", "ref", "x", "-o", "r.npz"]])  # fmt: skip
+def test_every_count_flag_has_the_torchrun_proof_spelling(command):
+    from ddim.cli import build_parser
+
+    assert build_parser().parse_args([*command, "--count", "7"]).n == 7
+
+
+def test_table_cells_record_the_clipping_that_ran():
+    import torch
+
+    from ddim.experiments.paper import table_cells, table_rows
+
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    cells = table_cells(betas, [10], table_rows([0.0], True, False), "uniform")
+    clips = {cell.row: cell.sampler_record()["clip_x0"] for cell in cells}
+    assert set(clips.values()) <= {True, False} and True in clips.values()
+
+
+@pytest.mark.parametrize("command", [["sample", "--n", "6000"], ["encode", "--images", "IMAGES"]])
+def test_a_batch_that_cannot_fit_names_the_batch_before_any_image(command, tiny_checkpoint,
+                                                                   tmp_path, monkeypatch,
+                                                                   write_npz, blobs):  # fmt: skip
+    """The memory of a small machine (64 MiB): every sampling command refuses the batch before
+    the network runs, naming --batch and how many images fit."""
+    from ddim.files import npz
+    from ddim.network.unet import UNet
+
+    write_npz(tmp_path / "images.npz", blobs(8, 8))
+    monkeypatch.setattr(npz, "memory_bytes", lambda: 64 * 2**20)
+    monkeypatch.setattr(UNet, "forward", _never)
+    argv = [a.replace("IMAGES", str(tmp_path / "images.npz")) for a in command]
+    out = str(tmp_path / ("out.npz" if command[0] == "encode" else "out"))
+    refusal = r"^--batch=5000 of 8x8 px images needs .* at most \d+ fit"
+    with pytest.raises(DdimError, match=refusal):
+        run_direct([*argv, "--ckpt", str(tiny_checkpoint), "--batch", "5000", "--device", "cpu",
+                    "-o", out])  # fmt: skip

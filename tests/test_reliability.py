@@ -235,7 +235,7 @@ BAD_INPUTS = [
     ("eta-negative", _sample("{ckpt}", "--eta", "-0.5"), "--eta"),
     ("n-zero", _sample("{ckpt}", "--n", "0"), "--n"),
     ("fid-mixed-sizes", ["-m", "ddim", "fid", "ref", "{root}/mixed-sizes", "-o", "{root}/r.npz",
-                         "--device", "cpu"], "pass resolution"),
+                         "--device", "cpu"], "pass --resolution N"),
     ("fid-missing-ref", ["-m", "ddim", "fid", "calc", "{root}/mixed-modes", "--ref",
                          "{root}/none.npz"], "none.npz"),
     ("seed-2^63", _sample("{ckpt}", "--seed", str(2**63)), "must lie in [0, 2^63 - 1]"),

@@ -110,8 +110,30 @@ def save_checkpoint(
 
 
 def _save_tensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write `tensors` and their text metadata to `tmp` in the safetensors format."""
+    """Write `tensors` and their text metadata to `tmp` in the safetensors format, the metadata
+    in sorted order (`sort_safetensors_metadata`): the same inputs make the same bytes."""
     safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+    sort_safetensors_metadata(tmp)
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header in place with its metadata keys sorted: the library
+    writes them in the order of a hash map seeded afresh on each call, so the same tensors and
+    metadata would make other bytes each time (and another SHA-256, which records compare).
+    The header keeps its length (the same keys and values; spaces pad it, as the format
+    allows), so the tensors after it are not moved."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        metadata = header.pop("__metadata__", None)
+        if metadata is None:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise DdimError(f"cannot order the metadata of {str(path)!r}: its header grew")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def _names_train_file(path: Path, name: str) -> bool:

@@ -73,9 +73,8 @@ def in_flags(error: DdimError, flags: dict[str, str]) -> str:
     flag = (flags.get(argument) or flags.get(f"{argument}s")) if argument else None
     if flag is None:
         return message
-    if message.startswith(argument):
-        message = flag + message[len(argument) :]
-    return message.replace(f"{argument}=", f"{flag} ")
+    head, rest = (flag, message[len(argument) :]) if message.startswith(argument) else ("", message)
+    return head + rest.replace(f"{argument}=", f"{flag} ")
 
 
 MAX_MESSAGE = 500  # characters of an error message shown; a longer one is cut

@@ -152,17 +152,34 @@ def model_from_flags(args, device=None):
     )  # fmt: skip
 
 
-def settings_from_flags(args, config, **fixed):
+def settings_from_flags(args, model, **fixed):
     """The SamplingSettings of the sampler flags present in `args` (--sampler, --steps, --skip,
-    --eta, --variance, --clip-x0, --batch), the config's defaults for the rest; `fixed` gives
-    what a command does not take as flags (the ODE commands: eta=0.0)."""
+    --eta, --variance, --clip-x0, --batch), the model's config's defaults for the rest; `fixed`
+    gives what a command does not take as flags (the ODE commands: eta=0.0). A batch whose
+    activations cannot fit the model's device is refused here, before any image is made."""
     from ddim.sampling.settings import sampling_settings
 
     names = ("sampler", "steps", "skip", "eta", "variance", "batch")
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     if hasattr(args, "clip_x0"):
         given["clip_x0"] = CLIP_X0[args.clip_x0]
-    return sampling_settings(config, **{**given, **fixed})
+    settings = sampling_settings(model.config, **{**given, **fixed})
+    check_batch_fits(model, settings.batch)
+    return settings
+
+
+def check_batch_fits(model, batch: int) -> None:
+    """Refuse a batch whose activations cannot fit the model's device, in the arithmetic it runs
+    (`check_activations_fit`: one image that cannot fit names the image size, a batch names how
+    many fit)."""
+    from ddim.checkpoint.weights import check_activations_fit
+
+    p, config = model.precision, model.config
+    check_activations_fit(
+        config.model, config.data.image_size, batch=batch, device=model.device,
+        bytes_per_value=2 if p.bf16 and p.bf16_below is None else 4,
+        attention_scores=not p.channels_last, source=repr(str(model.checkpoint)),
+    )  # fmt: skip
 
 
 def count_batch(bar, made: int, found: int) -> None:

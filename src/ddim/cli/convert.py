@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ddim.checkpoint import (
@@ -129,9 +128,8 @@ def _output(destination: Path, to: str):
 
 def _save_ddim(checkpoint: Checkpoint, destination: Path, plan: dict, *, source: Path) -> None:
     """Write our format as `plan` says: both weights, or only the chosen ones in float16
-    (`half`); the same bytes for the same source and plan (the metadata in sorted order)."""
-    from ddim.files import atomic_write
-
+    (`half`); the same bytes for the same source and plan (`save_checkpoint` orders its
+    metadata)."""
     use_ema = not plan["raw"]
     model, ema = checkpoint.model_state, checkpoint.ema_state if use_ema else None
     if plan["half"]:
@@ -140,33 +138,8 @@ def _save_ddim(checkpoint: Checkpoint, destination: Path, plan: dict, *, source:
     extra = {**_lineage(checkpoint), "converted_from": checkpoint_name(source),
              "source_kind": checkpoint.kind, "weights": checkpoint.weights_label(use_ema=use_ema),
              "float16": plan["half"]}  # fmt: skip
-
-    def write(tmp: Path) -> None:
-        save_checkpoint(tmp, model_state=model, ema_state=ema, config=checkpoint.config,
-                        step=checkpoint.step or 0, extra_meta=extra)  # fmt: skip
-        sort_safetensors_metadata(tmp)
-
-    atomic_write(destination, write)
-
-
-def sort_safetensors_metadata(path: Path) -> None:
-    """Rewrite a safetensors file's header in place with its metadata keys sorted: the library
-    writes them in the order of a hash map seeded afresh on each call, so the same tensors and
-    metadata would make other bytes each time (and another SHA-256, which records compare).
-    The header keeps its length (the same keys and values; spaces pad it, as the format
-    allows), so the tensors after it are not moved."""
-    with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        metadata = header.pop("__metadata__", None)
-        if metadata is None:
-            return
-        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) > size:
-            raise DdimError(f"cannot order the metadata of {str(path)!r}: its header grew")
-        f.seek(8)
-        f.write(text.ljust(size, b" "))
+    save_checkpoint(destination, model_state=model, ema_state=ema, config=checkpoint.config,
+                    step=checkpoint.step or 0, extra_meta=extra)  # fmt: skip
 
 
 def _lineage(checkpoint: Checkpoint) -> dict:

@@ -53,7 +53,7 @@ def run(args) -> int:
 
     output = latents_output(args.out)
     model = model_from_flags(args)
-    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    settings = settings_from_flags(args, model, eta=0.0)  # the ODE: DDIM with η = 0
     sampler = settings.sampler
     chosen = select_images(args.images, subdir=args.subdir, n=args.n, resolution=settings.shape[1])
     recorded = {**model.settings(), "images": chosen.dataset, "n": len(chosen.images),

@@ -13,6 +13,7 @@ from pathlib import Path
 from ddim.cli._common import (
     SELECTION,
     SPREAD_HELP,
+    add_count_argument,
     add_overwrite_argument,
     check_count,
     device_from_flag,
@@ -35,9 +36,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdir", default=None, help="folder inside a zip/folder to read from")
     parser.add_argument("--resolution", type=int, default=None,
                         help="resize images to this square size on load (default: as stored)")
-    parser.add_argument("--n", type=int, default=None,
-                        help=f"use N images evenly spread through the source (default: all; "
-                             f"{SPREAD_HELP})")
+    add_count_argument(parser, None, f"use N images evenly spread through the source (default: "
+                       f"all; {SPREAD_HELP})")
     parser.add_argument("--batch", type=int, default=64, help="Inception batch size (default 64)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     parser.add_argument("--device", default=None,

@@ -108,7 +108,7 @@ def run(args) -> int:
     if args.indices is not None and args.images is None:
         raise DdimError("--indices needs --images DATA")
     model = model_from_flags(args)
-    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    settings = settings_from_flags(args, model, eta=0.0)  # the ODE: DDIM with η = 0
     sampler, shape = settings.sampler, settings.shape
     pairs = len(args.seeds or args.indices or args.images) // 2
     check_image_memory(args.num * max(pairs, 1), shape, "--num", bytes_per_value=4)

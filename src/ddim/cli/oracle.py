@@ -12,7 +12,13 @@ import sys
 
 import torch
 
-from ddim.cli._common import add_overwrite_argument, add_skip_argument, check_count, check_seeds
+from ddim.cli._common import (
+    add_count_argument,
+    add_overwrite_argument,
+    add_skip_argument,
+    check_count,
+    check_seeds,
+)
 from ddim.diffusion.oracle import (
     GaussianMoments,
     GaussianOracle,
@@ -34,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
     parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.2, 0.5, 1.0])
     parser.add_argument("--dim", type=int, default=64, help="data dimensions (default 64)")
-    parser.add_argument("--n", type=int, default=10000, help="samples per cell (0: exact only)")
+    add_count_argument(parser, 10000, "samples per cell (0: exact only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="also write the markdown table to this file")
     add_overwrite_argument(parser)

@@ -47,7 +47,7 @@ def run(args) -> int:
 
     check_count(args.show, "--show")
     model = model_from_flags(args)
-    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    settings = settings_from_flags(args, model, eta=0.0)  # the ODE: DDIM with η = 0
     steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip
     chosen = select_images(args.images, subdir=args.subdir, n=args.n, resolution=settings.shape[1])
     images = chosen.images

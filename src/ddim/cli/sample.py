@@ -64,7 +64,7 @@ def run(args) -> int:
     check_seeds(args.seed, args.n)
     rank, world, device = distributed_context(parse_device(args.device))
     model = model_from_flags(args, device)
-    settings = settings_from_flags(args, model.config)
+    settings = settings_from_flags(args, model)
     check_image_memory(args.n, settings.shape, "--n")
     recorded = {**model.settings(), "sampler": settings.sampler.record(), "seed": args.seed,
                 "image_shape": list(settings.shape)}  # fmt: skip

@@ -10,9 +10,11 @@ import warnings
 from pathlib import Path
 
 from ddim.cli._common import (
+    add_count_argument,
     add_model_arguments,
     add_overwrite_argument,
     add_skip_argument,
+    check_batch_fits,
     check_seeds,
     model_from_flags,
 )
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", required=True,
                         help="reference stats: a file from `ddim fid ref` (.npz), or a name "
                              "(cifar10-train, cifar10-test: made once into the cache)")
-    parser.add_argument("--n", type=int, default=50_000, help="images per cell (50000)")
+    add_count_argument(parser, 50_000, "images per cell (50000)")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000],
                         help="S values, the columns (10 20 50 100 1000)")
     parser.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.2, 0.5, 1.0],
@@ -142,6 +144,7 @@ def _scorer(args, model):
 
     config = model.config
     batch, shape = batch_size(config, args.batch), image_shape(config)
+    check_batch_fits(model, batch)
     ref_stats = load_stats(args.ref_file)
     check_resolution(ref_stats, config.data.image_size, str(args.ref), "the model's images")
     seeds = list(range(args.seed, args.seed + args.n))

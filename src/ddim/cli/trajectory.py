@@ -47,7 +47,7 @@ def run(args) -> int:
     check_seeds(args.seed, 1)
     check_count(args.show, "--show")
     model = model_from_flags(args)
-    settings = settings_from_flags(args, model.config, eta=0.0)  # the ODE: DDIM with η = 0
+    settings = settings_from_flags(args, model, eta=0.0)  # the ODE: DDIM with η = 0
     steps, skip = [s.steps for s in settings.samplers], settings.samplers[0].skip
     recorded = {**model.settings(), "seed": args.seed, "steps": steps, "skip": skip,
                 "show": args.show}  # fmt: skip

@@ -151,11 +151,11 @@ class TableCell:
         return f"{self.row},S={self.sampler.steps}"
 
     def sampler_record(self) -> dict:
-        """The cell's sampler as table.json records it."""
+        """The cell's sampler as table.json records it (clipping as it ran)."""
         s = self.sampler
         fields = {**CELL_SAMPLER_FIELDS, **dict([s.option] if s.option else [])}
         return {"steps": s.steps, "skip": s.skip, "eta": fields["eta"], "kind": s.name,
-                "variance": fields["variance"], "clip_x0": s.clip_x0}  # fmt: skip
+                "variance": fields["variance"], "clip_x0": s.clip}  # fmt: skip
 
 
 def table_cells(

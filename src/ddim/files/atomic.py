@@ -125,9 +125,16 @@ def path_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-@functools.cache
 def cached_file_sha256(path: str) -> str:
-    """`file_sha256`, computed once per process (for files that do not change, like networks)."""
+    """`file_sha256`, computed once per process for each state of the file (its size and
+    modification time), so a file made again at the same path is hashed again."""
+    stat = os.stat(path)
+    return _file_sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _file_sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """`file_sha256` of `path` as it was at (`size`, `mtime_ns`)."""
     return file_sha256(path)
 
 
