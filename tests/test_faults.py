@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -227,20 +226,35 @@ def test_an_existing_file_without_a_record_is_not_replaced(tiny_checkpoint, tmp_
     assert out.read_bytes() == b"a picture I made"
 
 
-def test_demo_and_bench_check_their_output_before_any_work(tmp_path, capsys):
+def test_demo_and_bench_check_their_output_before_any_work(tmp_path, capsys, monkeypatch):
+    import ddim.experiments.bench
+    import ddim.experiments.demo
+
+    started = []  # the work that began: none may
+
+    def work(name):
+        def begin(*_, **__):
+            started.append(name)
+            raise AssertionError(f"{name} began before the output was checked")
+
+        return begin
+
+    monkeypatch.setattr(ddim.experiments.demo, "run_demo", work("the demo's training"))
+    for name in ("bench_sampling", "bench_training"):
+        monkeypatch.setattr(ddim.experiments.bench, name, work(name))
     demo = tmp_path / "demo"
     demo.mkdir()
     (demo / "report.html").write_text("an earlier report")
     (demo / "settings.json").write_text(json.dumps({"settings": {"steps": 5, "seed": 0,
                                                                  "device": "cpu"}}))
-    start = time.perf_counter()
     code, error = run(capsys, "demo", "-o", demo, "--steps", "7", "--no-progress")
     assert code == 2 and "steps was 5, now 7" in error
+    assert (demo / "report.html").read_text() == "an earlier report"
     bench = tmp_path / "bench.json"
     bench.write_text("{}")
     code, error = run(capsys, "bench", "--config", "tiny", "--device", "cpu", "-o", bench)
     assert code == 2 and "no record" in error and bench.read_text() == "{}"
-    assert time.perf_counter() - start < 10  # refused before training or benchmarking
+    assert started == []  # refused before training or benchmarking
 
 
 def test_fid_ref_output_is_claimed(tmp_path, capsys, monkeypatch, write_npz, blobs):
@@ -691,15 +705,32 @@ YAML_BOMBS = [
 
 @pytest.mark.parametrize(("text", "message"), [c[1:] for c in YAML_BOMBS],
                          ids=[c[0] for c in YAML_BOMBS])  # fmt: skip
-def test_hostile_yaml_is_a_short_error(text, message, tmp_path, capsys):
+def test_hostile_yaml_is_a_short_error(text, message, tmp_path, capsys, monkeypatch):
+    """Refused after a bounded amount of parsing, whatever the document holds: at most
+    4 x MAX_DEPTH nodes of it composed (the bombs would expand to 5,184 elements or nest 50,000
+    deep; the packaged cifar10 config is 86 nodes)."""
+    from ddim.config import files
+
+    composed = {}  # loader -> the nodes it composed; the hostile document is read last
+    compose = files._ConfigLoader.compose_node
+
+    def counted(self, parent, index):
+        composed[self] = composed.get(self, 0) + 1
+        return compose(self, parent, index)
+
+    def hostile_nodes():
+        return list(composed.values())[-1] if composed else 0
+
+    monkeypatch.setattr(files._ConfigLoader, "compose_node", counted)
     path = tmp_path / "bomb.yml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    start = time.perf_counter()
     code, error = run(capsys, "train", "--config", path, "--dry-run")
     assert code == 2 and message in error and len(error) < 300
+    assert hostile_nodes() <= 4 * files.MAX_DEPTH, hostile_nodes()
+    composed.clear()
     code, error = run(capsys, "train", "--dry-run", "--set", f"model.ch={'[' * 5000}")
     assert code == 2 and "nested more than 16 levels" in error and len(error) < 300
-    assert time.perf_counter() - start < 10
+    assert 0 < hostile_nodes() <= 4 * files.MAX_DEPTH, hostile_nodes()
 
 
 # --- determinism: what is promised --------------------------------------------------------------

@@ -85,10 +85,19 @@ def test_skip_mid_run_keeps_the_rate_of_this_run(monkeypatch):
         assert bar.n == 34 and rate_and_eta(bar)[0] == pytest.approx(0.5)
 
 
-def test_disabled_bars_skip_quietly():
-    bar = progress_bar(total=5, disable=True)
-    bar.skip(3)
-    bar.close()
+def test_disabled_bars_skip_quietly(capsys):
+    """A disabled bar (--no-progress) counts work found done and draws nothing, on stderr or in
+    its own stream."""
+    stream = io.StringIO()
+    for bar in (progress_bar(total=5, disable=True), progress_bar(total=5, disable=True,
+                                                                  file=stream)):  # fmt: skip
+        bar.skip(3)
+        bar.skip()
+        assert bar.n == 4
+        bar.close()
+        assert bar.n == 4
+    captured = capsys.readouterr()
+    assert (captured.err, captured.out, stream.getvalue()) == ("", "", "")
 
 
 # --- resumed commands count the earlier run's work apart -----------------------------------------
