@@ -4,7 +4,7 @@ its rivals on 256 held-out shapes, the measurements behind docs/training.md's re
 Each run trains the demo's config (`ddim.experiments.demo.demo_config`) with `--set` overrides and
 `--steps`, then samples seeds 0–255 with DDIM (η = 0) at S = 10, 20, 50 and with η = 1 and DDPM σ̂
 at S = 20, and prints pixel FD, the share of saturated samples, precision and recall
-(`ddim.experiments.pixel_metrics`). `--ckpt` scores existing checkpoints instead. Usage:
+(`ddim.evaluation.pixel_metrics`). `--ckpt` scores existing checkpoints instead. Usage:
 
     python benchmarks/demo_recipe.py --out runs/recipe/x0 --steps 3000 \\
         --set training.loss_weighting=x0_truncated --set training.loss_gamma=100
@@ -22,9 +22,9 @@ import torch
 from ddim.checkpoint import load_checkpoint, load_model
 from ddim.config import apply_overrides
 from ddim.data.shapes import shapes
-from ddim.experiments import pixel_metrics as pm
+from ddim.evaluation import pixel_metrics as pm
+from ddim.evaluation.distances import statistics
 from ddim.experiments.demo import HELD_OUT, SIZE, DemoSettings, demo_config
-from ddim.fid import statistics
 from ddim.network.precision import eps_model_for
 from ddim.sampling import build_sampler, iterate_images
 from ddim.training import train

@@ -27,8 +27,8 @@ from ddim.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
+from ddim.evaluation import compute_scores, load_stats
 from ddim.experiments.report import Panel, save_plot
-from ddim.fid import compute_fid, load_stats
 from ddim.files import write_text
 from ddim.network.precision import describe, eps_model_for, named_precision
 from ddim.sampling import build_sampler, iterate_images
@@ -55,7 +55,7 @@ def score(path: Path, ref, args, device: torch.device, precision) -> dict:
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     seeds = range(args.seed, args.seed + args.n)
     images = iterate_images(eps_model, sampler, seeds, shape, batch=args.batch, device=device)
-    fid = compute_fid(images, ref, device=device, batch_size=args.batch, total=args.n)
+    fid = compute_scores(images, ref, device=device, batch_size=args.batch, total=args.n).fid
     return {
         "ckpt": path.name, "label": args.label or run_label(path), "step": checkpoint.step,
         "images_seen": checkpoint.images_seen,

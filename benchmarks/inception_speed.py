@@ -1,5 +1,6 @@
 """Inception (FID's network) on the CPU: the plain TorchScript module against the frozen,
-inference-optimised, channels-last one that `ddim.fid.load_inception` returns, and a bf16 variant.
+inference-optimised, channels-last one that `ddim.evaluation.load_inception` returns, and a bf16
+variant.
 
 Prints images/s of each on the same real images, the largest feature difference to the plain
 module, and the FID of the images against a reference stats file by each path, so the bf16
@@ -15,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from ddim import fid
+from ddim import evaluation
 from ddim.data import open_dataset, spread_indices, take_images
 
 
@@ -23,7 +24,7 @@ def plain_inception() -> torch.jit.ScriptModule:
     """The network as loaded before any optimisation."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is deprecated", DeprecationWarning)
-        return torch.jit.load(str(fid.inception_path()), map_location="cpu").eval()
+        return torch.jit.load(str(evaluation.inception_path()), map_location="cpu").eval()
 
 
 def features(model, images: torch.Tensor, batch: int, *, channels_last: bool, bf16: bool):
@@ -33,7 +34,7 @@ def features(model, images: torch.Tensor, batch: int, *, channels_last: bool, bf
         for k, part in enumerate(images.split(batch)):
             if k == 1:
                 start = time.perf_counter()  # the first batch warms up
-            x = fid.preprocess(part)
+            x = evaluation.preprocess(part)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if bf16:
@@ -53,11 +54,11 @@ def main() -> None:
     args = parser.parse_args()
     data = open_dataset(args.data, subdir=args.subdir)
     images = take_images(data, spread_indices(len(data), args.n))
-    ref = fid.load_stats(args.ref)
+    ref = evaluation.load_stats(args.ref)
     paths = {
         "plain TorchScript, contiguous": (plain_inception(), False, False),
         "frozen + optimize_for_inference, channels-last (ddim fid)": (
-            fid.load_inception("cpu"), True, False),
+            evaluation.load_inception("cpu"), True, False),
         "bf16 weights and input, frozen": (
             torch.jit.freeze(plain_inception().to(torch.bfloat16)), False, True),
     }
@@ -67,8 +68,8 @@ def main() -> None:
     for name, (model, channels_last, bf16) in paths.items():
         feats, rate = features(model, images, args.batch, channels_last=channels_last, bf16=bf16)
         baseline = feats if baseline is None else baseline
-        mu, sigma = fid.statistics(feats)
-        score = fid.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+        mu, sigma = evaluation.statistics(feats)
+        score = evaluation.frechet_distance(mu, sigma, ref.mu, ref.sigma)
         diff = np.abs(feats - baseline).max()
         print(f"- {name}: {rate:.2f} img/s, max |Δ feature| {diff:.2e}, FID {score:.4f}")
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from ddim.fid import FEATURE_DIM, KID_FEATURES, kernel_inception_distance
+from ddim.evaluation import FEATURE_DIM, KID_FEATURES, kernel_inception_distance
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 For each path of `ddim.experiments.bench.sampling_paths` (fp32 eager, channels-last, bf16
 autocast, bf16 with fp32 kept for the noisiest steps, compiled variants), DDIM (η = 0) samples the
 same seeds at each S and reports: images/s, the uint8 difference to fp32 eager (mean, max, share
-of values that differ), and the quality metrics of `ddim.experiments.pixel_metrics` against
+of values that differ), and the quality metrics of `ddim.evaluation.pixel_metrics` against
 reference images, so a difference can be judged against the metric's run-to-run noise (printed
 too: the same metrics on a second set of seeds with fp32 eager). Usage:
 
@@ -19,10 +19,10 @@ import torch
 from ddim.checkpoint import load_checkpoint, model_from_checkpoint
 from ddim.data import open_dataset, take_images
 from ddim.data.shapes import shapes
-from ddim.experiments import pixel_metrics as pm
+from ddim.evaluation import pixel_metrics as pm
+from ddim.evaluation.distances import statistics
 from ddim.experiments.bench import image_difference, sampling_paths
 from ddim.experiments.demo import HELD_OUT
-from ddim.fid import statistics
 from ddim.network.precision import eps_model_for
 from ddim.sampling import build_sampler, iterate_images
 

@@ -9,10 +9,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ddim"
 FLAG = re.compile(r"(^|[\s'(`])--[a-z]")
 # Messages that still name a flag: the training stage's (`ddim train` drives `train()`); those
 # that name the argument and then the flag "on the command line" (checkpoint/, data/); and those
-# that quote a whole command (fid.py's `ddim fid ref`, files/outputs.py's `ddim <command>`).
+# that quote a whole command (evaluation/stats_file.py's `ddim fid ref`, files/outputs.py's
+# `ddim <command>`).
 STILL_NAMING_FLAGS = {
     "training/loop.py", "training/run_dir.py", "checkpoint/load.py", "checkpoint/weights.py",
-    "data/datasets.py", "fid.py", "files/outputs.py",
+    "data/datasets.py", "evaluation/stats_file.py", "files/outputs.py",
 }
 
 

@@ -258,15 +258,16 @@ def test_demo_and_bench_check_their_output_before_any_work(tmp_path, capsys, mon
 
 
 def test_fid_ref_output_is_claimed(tmp_path, capsys, monkeypatch, write_npz, blobs):
-    import ddim.fid
+    from ddim import evaluation
 
     def fake_reference(images, out, *, source, resolution, **_):
-        stats = ddim.fid.FidStats(np.zeros(2), np.eye(2), len(images), ddim.fid.network_sha256(),
-                                  ddim.fid.CONVENTION, source, resolution)  # fmt: skip
-        ddim.fid.save_stats(stats, out)
+        stats = evaluation.FidStats(np.zeros(2), np.eye(2), len(images),
+                                    evaluation.network_sha256(), evaluation.CONVENTION, source,
+                                    resolution)  # fmt: skip
+        evaluation.save_stats(stats, out)
         return stats
 
-    monkeypatch.setattr(ddim.fid, "compute_reference", fake_reference)
+    monkeypatch.setattr(evaluation.references, "compute_reference", fake_reference)
     data, out = write_npz(tmp_path / "data.npz", blobs(4)), tmp_path / "ref.npz"
     (tmp_path / ".ref.npz.k1ll3d.tmp").write_bytes(b"left by a killed `fid ref`")
     assert run(capsys, "fid", "ref", data, "-o", out, "--device", "cpu")[0] == 0
@@ -274,7 +275,7 @@ def test_fid_ref_output_is_claimed(tmp_path, capsys, monkeypatch, write_npz, blo
     before = snapshot(tmp_path)
     code, error = run(capsys, "fid", "ref", data, "-o", out, "--n", "3", "--device", "cpu")
     assert code == 2 and "n was null, now 3" in error and snapshot(tmp_path) == before
-    assert ddim.fid.load_stats(out).resolution == 8
+    assert evaluation.load_stats(out).resolution == 8
 
 
 # --- where an output may not go ------------------------------------------------------------------
@@ -498,7 +499,7 @@ def test_unreadable_checkpoints_are_reported_on_stderr(tmp_path, capsys, blobs, 
 
 
 def _stats(path: Path, mu, sigma, n=10, resolution=None):
-    from ddim.fid import CONVENTION, FidStats, network_sha256, save_stats
+    from ddim.evaluation import CONVENTION, FidStats, network_sha256, save_stats
 
     return save_stats(FidStats(np.asarray(mu, float), np.asarray(sigma, float), n,
                                network_sha256(), CONVENTION, "made by hand", resolution), path)
@@ -559,7 +560,7 @@ def test_images_and_statistics_of_other_sizes_are_not_compared(tiny_checkpoint, 
 
 def test_fid_calc_of_a_sample_folder_scores_its_samples(tiny_checkpoint, tmp_path, capsys,
                                                          monkeypatch):  # fmt: skip
-    import ddim.fid
+    from ddim import evaluation
 
     out = tmp_path / "samples"
     assert run(capsys, *sample(tiny_checkpoint, out, "--n", "5"))[0] == 0
@@ -567,9 +568,9 @@ def test_fid_calc_of_a_sample_folder_scores_its_samples(tiny_checkpoint, tmp_pat
 
     def fake_stats(images, *, source, **_):
         seen.append(tuple(images.shape))
-        return ddim.fid.FidStats(np.zeros(2), np.eye(2), len(images), "h", "c", source)
+        return evaluation.FidStats(np.zeros(2), np.eye(2), len(images), "h", "c", source)
 
-    monkeypatch.setattr(ddim.fid, "stats_from_images", fake_stats)
+    monkeypatch.setattr(evaluation.stats_file, "stats_from_images", fake_stats)
     ref = _stats(tmp_path / "ref.npz", [0, 0], np.eye(2), resolution=8)
     assert run(capsys, "fid", "calc", f"{out}/", "--ref", ref, "--device", "cpu")[0] == 0
     assert seen == [(5, 3, 8, 8)]  # samples.npz: five 8x8 images, not grid.png

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ddim.cli
-import ddim.fid
+from ddim import evaluation
 from ddim.errors import DdimError
 from ddim.files import claim_output, file_output, folder_output, read_record
 
@@ -124,14 +124,14 @@ def _fake_inception(monkeypatch):
 
     def fake_stats(images, *, source, **_):
         seen.append(len(images))
-        return ddim.fid.FidStats(np.zeros(2), np.eye(2), len(images), "h", "c", source)
+        return evaluation.FidStats(np.zeros(2), np.eye(2), len(images), "h", "c", source)
 
-    monkeypatch.setattr(ddim.fid, "stats_from_images", fake_stats)
+    monkeypatch.setattr(evaluation.stats_file, "stats_from_images", fake_stats)
     return seen
 
 
 def _reference(path: Path) -> Path:
-    from ddim.fid import CONVENTION, FidStats, network_sha256, save_stats
+    from ddim.evaluation import CONVENTION, FidStats, network_sha256, save_stats
 
     return save_stats(FidStats(np.zeros(2), np.eye(2), 10, network_sha256(), CONVENTION,
                                "made by hand", 8), path)
@@ -302,10 +302,10 @@ def test_a_table_resumes_from_copied_inputs_and_refuses_another_reference(
     """The record holds the weights' and the reference's SHA-256, not their paths: the same
     files copied elsewhere and named by relative paths continue the table (no --overwrite, no
     cell scored again); a reference of other content is refused, the cells kept."""
-    from ddim.fid import Scores
+    from ddim.evaluation import Scores
 
     scored = []
-    monkeypatch.setattr(ddim.fid, "compute_scores", lambda images, ref, **_: (
+    monkeypatch.setattr(evaluation.scoring, "compute_scores", lambda images, ref, **_: (
         scored.append(sum(map(len, images))) or Scores(1.0, None)))
     out = tmp_path / "t"
     first = tmp_path / "first"
@@ -333,8 +333,8 @@ def test_a_table_resumes_from_copied_inputs_and_refuses_another_reference(
     # a reference of other content (its n differs): refused naming it, nothing changed
     before = {p: (out / p).read_bytes() for p in files(out)}
     other = _reference(copies / "other.npz")
-    other_stats = ddim.fid.load_stats(other)
-    ddim.fid.save_stats(dataclasses.replace(other_stats, n=11), other)
+    other_stats = evaluation.load_stats(other)
+    evaluation.save_stats(dataclasses.replace(other_stats, n=11), other)
     code, error = run(capsys, *table, "--ckpt", "c.safetensors", "--ref", "other.npz", "-o", out)
     assert code == 2 and "reference.sha256 was" in error and scored == [2, 2]
     assert {p: (out / p).read_bytes() for p in files(out)} == before

@@ -149,19 +149,19 @@ def test_a_resumed_table_rates_only_the_cells_it_scores(tiny_checkpoint, tmp_pat
     import numpy as np
 
     import ddim.cli.table
-    import ddim.fid
+    from ddim import evaluation
 
     clock = Clock()
 
     def scores(images, ref, **_):
         list(images)
         clock.now += 10
-        return ddim.fid.Scores(1.0, None)
+        return evaluation.Scores(1.0, None)
 
-    monkeypatch.setattr(ddim.fid, "compute_scores", scores)
-    stats = ddim.fid.FidStats(np.zeros(2), np.eye(2), 10, ddim.fid.network_sha256(),
-                              ddim.fid.CONVENTION, "made by hand", 8)  # fmt: skip
-    ref = ddim.fid.save_stats(stats, tmp_path / "ref.npz")
+    monkeypatch.setattr(evaluation.scoring, "compute_scores", scores)
+    stats = evaluation.FidStats(np.zeros(2), np.eye(2), 10, evaluation.network_sha256(),
+                                evaluation.CONVENTION, "made by hand", 8)  # fmt: skip
+    ref = evaluation.save_stats(stats, tmp_path / "ref.npz")
     bars = clocked_bars(monkeypatch, ddim.cli.table, clock)
     argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "2", "--etas",
             "0", "--device", "cpu", "-o", str(tmp_path / "t"), "--steps", "1"]  # fmt: skip

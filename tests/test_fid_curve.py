@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fid_curve.py"
 
 
 def test_fid_curve_scores_each_checkpoint_once(tmp_path, tiny_checkpoint):
-    from ddim.fid import save_stats, stats_from_images
+    from ddim.evaluation import save_stats, stats_from_images
 
     ref = save_stats(stats_from_images(make_blobs(n=8, size=8), source="blobs", progress=False),
                      tmp_path / "ref.npz")

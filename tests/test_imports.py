@@ -27,7 +27,7 @@ LAYERS = {
     "images": 5,
     "checkpoint": 5,
     "sampling": 6,
-    "fid": 6,
+    "evaluation": 6,
     "training": 7,
     "experiments": 8,
     "cli": 9,

@@ -75,7 +75,7 @@ def test_slerp_path_ends_are_the_latents():
 
 
 def test_table_cells_resume_and_render(tmp_path):
-    from ddim.fid import Kid, Scores
+    from ddim.evaluation import Kid, Scores
 
     betas = make_betas("linear", 1000)
     rows = ex.table_rows([0.0, 1.0], sigma_hat=True, dpmpp_2m=True)
@@ -127,7 +127,7 @@ def test_table_cells_resume_and_render(tmp_path):
 
 
 def test_a_table_without_kid_says_why(tmp_path):
-    from ddim.fid import Scores
+    from ddim.evaluation import Scores
 
     cells = ex.table_cells(make_betas("linear", 1000), [2], ex.table_rows([0.0]), "uniform")
     record = {"settings": {}, "kid_unavailable": "ref.npz holds no Inception features (made "
@@ -235,7 +235,7 @@ def test_trajectory_grid_shape(tiny_checkpoint, tmp_path):
 
 def fake_reference(path):
     """A stats file that passes the compatibility check, made without running Inception."""
-    from ddim.fid import CONVENTION, FidStats, network_sha256, save_stats
+    from ddim.evaluation import CONVENTION, FidStats, network_sha256, save_stats
 
     stats = FidStats(np.zeros(4), np.eye(4), 10, network_sha256(), CONVENTION, "fake")
     return save_stats(stats, path)
@@ -251,7 +251,7 @@ def fake_features(batches) -> np.ndarray:
 def test_table_command_scores_fid_and_kid_of_every_row(tiny_checkpoint, tmp_path, monkeypatch):
     """The real scoring (`compute_scores`) on features of a stand-in network: each cell's FID
     and KID are those of its images' features against the reference's, computed directly."""
-    import ddim.fid as fid
+    from ddim import evaluation
 
     seen = []
 
@@ -259,10 +259,11 @@ def test_table_command_scores_fid_and_kid_of_every_row(tiny_checkpoint, tmp_path
         seen.append(fake_features(images))
         return seen[-1]
 
-    monkeypatch.setattr(fid, "inception_features", features)
+    monkeypatch.setattr(evaluation.inception, "inception_features", features)
     ref_features = np.random.default_rng(0).normal(0.5, 0.1, (10, 4))
-    ref = fid.save_stats(fid.stats_from_features(ref_features, source="fake", resolution=8),
-                         tmp_path / "ref.npz")  # fmt: skip
+    ref = evaluation.save_stats(
+        evaluation.stats_from_features(ref_features, source="fake", resolution=8),
+        tmp_path / "ref.npz")  # fmt: skip
     out = tmp_path / "table"
     argv = ["table", "--ckpt", str(tiny_checkpoint), "--ref", str(ref), "--n", "3", "--batch",
             "2", "--steps", "1", "2", "--etas", "0", "1", "--sigma-hat", "--dpmpp-2m", "-o",
@@ -270,10 +271,11 @@ def test_table_command_scores_fid_and_kid_of_every_row(tiny_checkpoint, tmp_path
     assert main(argv) == 0
     assert len(seen) == 8 and all(f.shape == (3, 4) for f in seen)
     record = json.loads((out / "table.json").read_text())
-    stats = fid.load_stats(ref)
+    stats = evaluation.load_stats(ref)
     for cell, f in zip(record["cells"].values(), seen, strict=True):  # in the order scored
-        assert cell["fid"] == fid.frechet_distance(*fid.statistics(f), stats.mu, stats.sigma)
-        assert cell["kid"] == fid.kernel_inception_distance(f, stats.features)._asdict()
+        assert cell["fid"] == evaluation.frechet_distance(*evaluation.statistics(f), stats.mu,
+                                                          stats.sigma)  # fmt: skip
+        assert cell["kid"] == evaluation.kernel_inception_distance(f, stats.features)._asdict()
         assert cell["kid"]["subset_size"] == 3  # min(1000, N, reference features)
     two = record["cells"]["dpmpp_2m,S=2"]
     assert two["sampler"]["kind"] == "dpmpp-2m"
@@ -301,9 +303,10 @@ def test_table_command_scores_fid_and_kid_of_every_row(tiny_checkpoint, tmp_path
 def test_a_table_against_a_reference_without_features_says_how_to_rebuild_it(
     tiny_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    import ddim.fid as fid
+    from ddim import evaluation
 
-    monkeypatch.setattr(fid, "inception_features", lambda images, **_: fake_features(images))
+    monkeypatch.setattr(evaluation.inception, "inception_features",
+                        lambda images, **_: fake_features(images))
     ref = fake_reference(tmp_path / "ref.npz")  # mu and sigma only, as files made before KID
     out = tmp_path / "table"
     capsys.readouterr()
@@ -322,7 +325,7 @@ def test_a_table_against_a_reference_without_features_says_how_to_rebuild_it(
 
 @pytest.mark.slow
 def test_table_command_with_inception(tiny_checkpoint, data_npz, tmp_path):
-    from ddim.fid import compute_reference
+    from ddim.evaluation import compute_reference
 
     # Inception costs ~0.1–2 s per image on a CPU, and each FID a 2048² eigen-decomposition:
     # two reference images, one cell of two images

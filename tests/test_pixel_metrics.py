@@ -1,16 +1,16 @@
-"""ddim.experiments.pixel_metrics against answers known by construction."""
+"""ddim.evaluation.pixel_metrics against answers known by construction."""
 
 import numpy as np
 import torch
 
-from ddim.experiments.pixel_metrics import (
+from ddim.evaluation.distances import statistics
+from ddim.evaluation.pixel_metrics import (
     extreme_share,
     pixel_fd,
     pixel_features,
     precision_recall,
     saturated_fraction,
 )
-from ddim.fid import statistics
 
 
 def smooth(n, seed=0):

@@ -99,13 +99,13 @@ def counted(monkeypatch):
 
 def _fake_fid(monkeypatch):
     """Reference statistics that pass the checks, and an FID that only counts the images."""
-    import ddim.fid
+    from ddim import evaluation
 
-    stats = ddim.fid.FidStats(np.zeros(4), np.eye(4), 10, ddim.fid.network_sha256(),
-                              ddim.fid.CONVENTION, "fake")  # fmt: skip
-    ddim.fid.save_stats(stats, "ref.npz")
-    monkeypatch.setattr(ddim.fid, "compute_scores",
-                        lambda images, *a, **k: ddim.fid.Scores(len(list(images)), None))
+    stats = evaluation.FidStats(np.zeros(4), np.eye(4), 10, evaluation.network_sha256(),
+                                evaluation.CONVENTION, "fake")  # fmt: skip
+    evaluation.save_stats(stats, "ref.npz")
+    monkeypatch.setattr(evaluation.scoring, "compute_scores",
+                        lambda images, *a, **k: evaluation.Scores(len(list(images)), None))
 
 
 @pytest.mark.parametrize("command, per_s", [

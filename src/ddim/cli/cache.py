@@ -13,7 +13,7 @@ from ddim.checkpoint.named import BUNDLED_NAME, bundled_path
 from ddim.cli._common import check_count, device_from_flag
 from ddim.data import named_dataset_folder
 from ddim.errors import DdimError
-from ddim.fid import REFERENCES, reference_file
+from ddim.evaluation.references import REFERENCES, reference_file
 from ddim.hub import (
     DATA,
     WEIGHTS,

@@ -19,7 +19,8 @@ from ddim.cli._common import (
     device_from_flag,
 )
 from ddim.errors import DdimError
-from ddim.fid import KID_FEATURES, REFERENCES
+from ddim.evaluation.references import REFERENCES
+from ddim.evaluation.stats_file import KID_FEATURES
 
 HELP = ("Fréchet and Kernel Inception Distances: `ref` makes dataset statistics, `calc` scores "
         "images.")
@@ -164,28 +165,28 @@ def _open(path: str, args: argparse.Namespace):
 
 def _data_settings(dataset, args: argparse.Namespace) -> dict:
     """What decides a stats file or a score: the images (fingerprint), how many, Inception."""
-    from ddim import fid
+    from ddim.evaluation import inception
 
     return {"images": json.loads(dataset.fingerprint()), "n": args.n, "selection": SELECTION,
-            "network_sha256": fid.network_sha256(), "convention": fid.CONVENTION}
+            "network_sha256": inception.network_sha256(), "convention": inception.CONVENTION}
 
 
 def run_ref(args: argparse.Namespace) -> int:
     """`ddim fid ref`: write the dataset's Inception statistics."""
-    from ddim import fid
+    from ddim.evaluation import inception, references, stats_file
     from ddim.files import claim_output, file_output
 
-    fid.inception_path()  # fail early without the optional extra
+    inception.inception_path()  # fail early without the optional extra
     device = device_from_flag(args.device)
     images, source, dataset = _open(args.data, args)
     settings = _data_settings(dataset, args)
     with claim_output(file_output(args.out, command="fid ref"), settings,
                       overwrite=args.overwrite) as reused:  # fmt: skip
         if reused and Path(args.out).is_file():  # the same images and settings: made already
-            stats = fid.load_stats(args.out)
+            stats = stats_file.load_stats(args.out)
             print(f"reused {args.out}: {stats.n} images, made with the same images and settings")
             return 0
-        stats = fid.compute_reference(
+        stats = references.compute_reference(
             images, args.out, source=source, device=device, batch_size=args.batch,
             workers=args.workers, resolution=dataset.resolution,
         )
@@ -213,24 +214,24 @@ def _json_path(images: str, override: str | None) -> Path:
 
 def run_calc(args: argparse.Namespace) -> int:
     """`ddim fid calc`: print the FID and KID of IMAGES against --ref and write them as JSON."""
-    from ddim import fid
+    from ddim.evaluation import distances, references, scoring, stats_file
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
     device = device_from_flag(args.device)
     out = _json_path(args.images, args.json)
     _check_writable(out)
     images, source, dataset = _open(sample_folder_images(args.images), args)  # cheap: first
-    ref_file = fid.reference_file(args.ref, device=device, batch_size=args.batch)
-    ref = fid.load_stats(ref_file)
-    fid.check_resolution(ref, dataset.resolution, str(args.ref))
+    ref_file = references.reference_file(args.ref, device=device, batch_size=args.batch)
+    ref = stats_file.load_stats(ref_file)
+    stats_file.check_resolution(ref, dataset.resolution, str(args.ref))
     settings = {**_data_settings(dataset, args), "ref_sha256": file_sha256(ref_file)}
     with claim_output(file_output(out, command="fid calc"), settings, overwrite=args.overwrite):
         start = time.perf_counter()
-        gen = fid.stats_from_images(
+        gen = stats_file.stats_from_images(
             images, source=source, device=device, batch_size=args.batch, workers=args.workers,
             keep_features=None,  # all of them, for KID
         )
-        score = fid.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+        score = distances.frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
         kid, kid_text = _kid(gen, ref, ref_file)
         result = {
             "fid": score, "kid": kid, "n": gen.n, "images": gen.source, "ref": str(args.ref),
@@ -238,7 +239,7 @@ def run_calc(args: argparse.Namespace) -> int:
             "convention": gen.convention, "device": str(device),
             "seconds": round(time.perf_counter() - start, 3),
         }
-        caution = fid.few_images_caution(gen.n)
+        caution = scoring.few_images_caution(gen.n)
         if caution:
             result["caution"] = caution
         write_text(out, json.dumps(result, indent=2) + "\n")
@@ -251,12 +252,12 @@ def run_calc(args: argparse.Namespace) -> int:
 def _kid(gen, ref, ref_path: str) -> tuple[dict, str]:
     """KID of the generated stats' features as a JSON record and a phrase; where the reference
     keeps no features, a record saying so and the command that rebuilds it (FID still stands)."""
-    from ddim import fid
+    from ddim.evaluation import distances, references
 
     if ref.features is None:
-        why = fid.missing_features(ref, ref_path)
+        why = references.missing_features(ref, ref_path)
         return {"unavailable": why}, f"KID unavailable: {why}"
-    kid = fid.kernel_inception_distance(gen.features, ref.features)
+    kid = distances.kernel_inception_distance(gen.features, ref.features)
     record = {**kid._asdict(), "ref_features": len(ref.features)}
     text = (f"KID {kid.mean:.6f} ± {kid.std:.6f} (mean ± std over {kid.n_subsets} subsets of "
             f"{kid.subset_size} features per set)")

@@ -83,7 +83,7 @@ def table_settings(args, model, ref_stats, skip: str) -> dict:
 
 def _check(args) -> None:
     """Reject bad counts before loading anything."""
-    from ddim.fid import FEATURE_DIM
+    from ddim.evaluation.inception import FEATURE_DIM
     from ddim.files import check_fits_in_memory
 
     if args.n < 2:
@@ -98,6 +98,8 @@ def run(args) -> int:
     The cells are decided once, here: a sampler per (row, S), over τ computed once per S, then
     scored in turn (FID, and KID where the reference keeps features).
     """
+    from ddim.evaluation.references import reference_file
+    from ddim.evaluation.scoring import few_images_caution
     from ddim.experiments.paper import (
         resume_record,
         run_table,
@@ -105,7 +107,6 @@ def run(args) -> int:
         table_markdown,
         table_rows,
     )
-    from ddim.fid import few_images_caution, reference_file
     from ddim.files import claim_output, folder_output
 
     _check(args)
@@ -138,7 +139,8 @@ def run(args) -> int:
 def _scorer(args, model):
     """(the reference stats, checked against the model's images; a cell's scorer: its images
     generated in memory, in batches of --batch, scored by FID and KID against them)."""
-    from ddim.fid import check_resolution, compute_scores, load_stats
+    from ddim.evaluation.scoring import compute_scores
+    from ddim.evaluation.stats_file import check_resolution, load_stats
     from ddim.sampling.runners import iterate_images
     from ddim.sampling.settings import batch_size, image_shape
 
@@ -161,7 +163,7 @@ def _scorer(args, model):
 def _kid_unavailable(ref_stats, ref: str) -> str | None:
     """Why the table has no KID (a reference without features, and how to rebuild it), said
     once as a warning; None when it has."""
-    from ddim.fid import missing_features
+    from ddim.evaluation.references import missing_features
 
     if ref_stats.features is not None:
         return None

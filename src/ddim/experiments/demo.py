@@ -5,7 +5,7 @@ shapes (uint8, `ddim.data.shapes`, no download) → `train` (the tiny config, 8 
 
 - quality and time against S for DDIM (η = 0), η = 1 and DDPM with σ̂, S from 5 to 1000
   (Table 1's shape), and DPM-Solver++(2M) at the same S (beyond the paper), scored by pixel FD,
-  precision/recall and the share of saturated images (`ddim.experiments.pixel_metrics`), beside
+  precision/recall and the share of saturated images (`ddim.evaluation.pixel_metrics`), beside
   the paper's CIFAR-10 FIDs;
 - consistency: the same x_T decoded at S = 10 … 1000 gives the same image (Fig. 5);
 - interpolation between latents by slerp (Fig. 6, App. D.5);
@@ -32,11 +32,11 @@ from ddim.config import Config, apply_overrides, load_config
 from ddim.data.shapes import shapes
 from ddim.device import native_bf16
 from ddim.errors import DdimError
-from ddim.experiments import pixel_metrics as pm
+from ddim.evaluation import pixel_metrics as pm
+from ddim.evaluation.distances import statistics
 from ddim.experiments.demo_report import SAMPLERS, SamplerRow, report_blocks
 from ddim.experiments.paper import reconstruction_study
 from ddim.experiments.report import write_report
-from ddim.fid import statistics
 from ddim.files import write_text
 from ddim.images import grid
 from ddim.network.precision import eps_model_for, sampling_precision

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ddim.evaluation.pixel_metrics import SATURATION
 from ddim.experiments.paper import PAPER_STEPS, PAPER_TABLE1_CIFAR10, PAPER_TABLE2_CIFAR10
-from ddim.experiments.pixel_metrics import SATURATION
 from ddim.experiments.report import Panel, save_plot
 
 

@@ -177,8 +177,8 @@ def table_cells(
     return cells
 
 
-class Scores(Protocol):
-    """What a table's scorer returns (`ddim.fid.Scores`): FID, and KID or None."""
+class CellScores(Protocol):
+    """What a table's scorer returns (`ddim.evaluation.Scores`): FID, and KID or None."""
 
     fid: float
     kid: Any
@@ -186,7 +186,7 @@ class Scores(Protocol):
 
 def run_table(
     cells: Sequence[TableCell],
-    score: Callable[[Sampler], Scores],
+    score: Callable[[Sampler], CellScores],
     record: dict,
     save: Callable[[dict], None],
     *,

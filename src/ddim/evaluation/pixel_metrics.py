@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddim.fid import frechet_distance, statistics
+from ddim.evaluation import distances
 
 SATURATION = 0.5  # an image is saturated when over half its values are 0 or 255
 K_NEAREST = 3
@@ -34,14 +34,14 @@ def pixel_features(images: torch.Tensor) -> np.ndarray:
 def pixel_fd(images: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]) -> float:
     """Fréchet distance between Gaussians fitted to the pixel features of `images` and the
     reference (mean, covariance) from `statistics(pixel_features(data))`."""
-    mu, sigma = statistics(pixel_features(images))
-    return frechet_distance(mu, sigma, *reference)
+    mu, sigma = distances.statistics(pixel_features(images))
+    return distances.frechet_distance(mu, sigma, *reference)
 
 
 def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     """Distance from each row to its k-th nearest other row."""
-    distances = torch.cdist(features, features)
-    return distances.kthvalue(k + 1, dim=1).values  # the 1st is the row itself, at 0
+    pairwise = torch.cdist(features, features)
+    return pairwise.kthvalue(k + 1, dim=1).values  # the 1st is the row itself, at 0
 
 
 def _inside_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
