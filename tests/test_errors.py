@@ -12,7 +12,8 @@ FLAG = re.compile(r"(^|[\s'(`])--[a-z]")
 # that quote a whole command (evaluation/stats_file.py's `ddim fid ref`, files/outputs.py's
 # `ddim <command>`).
 STILL_NAMING_FLAGS = {
-    "training/loop.py", "training/run_dir.py", "checkpoint/load.py", "checkpoint/weights.py",
+    "training/loop.py", "training/run_dir.py", "training/resume.py", "checkpoint/load.py",
+    "checkpoint/weights.py",
     "data/datasets.py", "evaluation/stats_file.py", "files/outputs.py",
 }
 

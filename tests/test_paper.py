@@ -87,7 +87,7 @@ def test_table_cells_resume_and_render(tmp_path):
     assert cells[0].sampler.timesteps is cells[2].sampler.timesteps  # τ once per column
     assert cells[0].sampler.timesteps is cells[3].sampler.timesteps  # 2M walks DDIM's τ
     assert cells[2].sampler_record() == {"steps": 2, "skip": "quad", "eta": 0.0, "kind": "ddpm",
-                                         "variance": "large", "clip_x0": None}
+                                         "variance": "large", "clip_x0": True}  # clipping as it ran
     assert cells[3].sampler_record()["kind"] == "dpmpp-2m" and cells[3].sampler.option is None
     calls = []
 

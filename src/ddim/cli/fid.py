@@ -19,6 +19,7 @@ from ddim.cli._common import (
     device_from_flag,
 )
 from ddim.errors import DdimError
+from ddim.evaluation import stats_file
 from ddim.evaluation.references import REFERENCES
 from ddim.evaluation.stats_file import KID_FEATURES
 
@@ -173,7 +174,7 @@ def _data_settings(dataset, args: argparse.Namespace) -> dict:
 
 def run_ref(args: argparse.Namespace) -> int:
     """`ddim fid ref`: write the dataset's Inception statistics."""
-    from ddim.evaluation import inception, references, stats_file
+    from ddim.evaluation import inception, references
     from ddim.files import claim_output, file_output
 
     inception.inception_path()  # fail early without the optional extra
@@ -182,8 +183,8 @@ def run_ref(args: argparse.Namespace) -> int:
     settings = _data_settings(dataset, args)
     with claim_output(file_output(args.out, command="fid ref"), settings,
                       overwrite=args.overwrite) as reused:  # fmt: skip
-        if reused and Path(args.out).is_file():  # the same images and settings: made already
-            stats = stats_file.load_stats(args.out)
+        stats = _made_already(args.out) if reused else None
+        if stats is not None:  # the same images and settings, with KID's features: made already
             print(f"reused {args.out}: {stats.n} images, made with the same images and settings")
             return 0
         stats = references.compute_reference(
@@ -203,6 +204,16 @@ def _check_writable(out: Path) -> None:
                         "--json PATH")  # fmt: skip
 
 
+def _made_already(path: str):
+    """The stats file at `path` if it is whole and current (it loads, and keeps KID's features),
+    else None: a file made before KID, or damaged, is made again."""
+    try:
+        stats = stats_file.load_stats(path)
+    except DdimError:
+        return None
+    return stats if stats.features is not None else None
+
+
 def _json_path(images: str, override: str | None) -> Path:
     """Where `calc` writes its JSON: the override, else IMAGES-fid.json beside IMAGES."""
     if override:
@@ -214,7 +225,7 @@ def _json_path(images: str, override: str | None) -> Path:
 
 def run_calc(args: argparse.Namespace) -> int:
     """`ddim fid calc`: print the FID and KID of IMAGES against --ref and write them as JSON."""
-    from ddim.evaluation import distances, references, scoring, stats_file
+    from ddim.evaluation import distances, references, scoring
     from ddim.files import claim_output, file_output, file_sha256, write_text
 
     device = device_from_flag(args.device)
